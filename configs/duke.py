@@ -1,0 +1,12 @@
+"""PSTA on duke_video_reid: the release's recipe (see psta_jax/config_base.py for the presets).
+
+Usage: python -m psta_jax.main --config=configs/duke.py[:PRESETS] --workdir=DIR
+PRESETS: one ablation (full, baseline, pyramid_only, adjacent, global, sra_only, tra_only,
+no_conv_block, stages0..stages3) and/or 'release' (the release code's frame samplers).
+"""
+
+from psta_jax import config_base
+
+
+def get_config(arg: str | None = None):
+    return config_base.dataset_config("duke_video_reid", arg)

@@ -1,0 +1,14 @@
+"""PSTA on ilids_vid: the release's recipe (see psta_jax/config_base.py for the presets).
+
+Usage: python -m psta_jax.main --config=configs/ilids.py[:PRESETS] --workdir=DIR
+PRESETS: one ablation (full, baseline, pyramid_only, adjacent, global, sra_only, tra_only,
+no_conv_block, stages0..stages3) and/or 'release' (the release code's frame samplers).
+
+The standard protocol trains and tests each of the 10 splits: --config.dataset.builder_config=split_K.
+"""
+
+from psta_jax import config_base
+
+
+def get_config(arg: str | None = None):
+    return config_base.dataset_config("ilids_vid", arg, builder_config="split_0")

@@ -1,0 +1,153 @@
+"""The release's training recipe as a ConfigDict, and the presets the config strings select.
+
+Each file in `configs/` is a thin `get_config(arg)` that names its dataset and calls
+`dataset_config`. The config string (`--config=configs/mars.py:tra_only,release`) is a
+comma-separated list of presets: at most one ablation (rows of the paper's Tables 1 and 2)
+and optionally `release` (the release code's frame samplers instead of the paper's RRS).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Rows of the paper's Tables 1 and 2, as model-option overrides.
+ABLATIONS: dict[str, dict] = {
+    "full": {},
+    "baseline": {"aggregation": "none", "num_stages": 0},
+    "pyramid_only": {"use_sra": False, "use_tra": False},
+    "adjacent": {"aggregation": "adjacent"},
+    "global": {"aggregation": "global"},
+    "sra_only": {"use_tra": False},
+    "tra_only": {"use_sra": False},
+    "no_conv_block": {"use_conv_block": False},
+    "stages0": {"num_stages": 0},
+    "stages1": {"num_stages": 1},
+    "stages2": {"num_stages": 2},
+    "stages3": {"num_stages": 3},
+}
+
+# The release's samplers: random_interval to train; begin_interval (MARS) or dense (Duke) to test.
+RELEASE_TEST_SAMPLER = {
+    "mars": "begin_interval",
+    "duke_video_reid": "dense",
+    "ilids_vid": "begin_interval",
+    "prid2011": "begin_interval",
+}
+
+DATASET_PROTOCOL = {
+    "mars": "mars",
+    "duke_video_reid": "duke",
+    "ilids_vid": "ilids_vid",
+    "prid2011": "prid2011",
+}
+
+
+def model_config() -> ml_collections.ConfigDict:
+    """The default network: the release's PSTA (official_model.md)."""
+    return ml_collections.ConfigDict(
+        dict(
+            depth=50,
+            width=64,
+            last_stride=1,
+            feature_dim=1024,
+            image_size=(256, 128),
+            seq_len=8,
+            aggregation="pyramid",
+            num_stages=3,
+            use_sra=True,
+            use_tra=True,
+            use_conv_block=True,
+            dtype="float32",
+            remat=False,
+        )
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The release's recipe (video_reid_protocol.md section 4), dataset-independent."""
+    c = ml_collections.ConfigDict()
+    c.mode = "train"  # "train" or "evaluate"
+    c.seed = 0
+    c.data_dir = "data"
+    # ImageNet ResNet-50 weights from torchvision (.pth); empty = random init (warned loudly).
+    c.pretrained = ""
+    # Evaluate mode: the checkpoint directory (a workdir, its best/ folder, or a converted
+    # release checkpoint); empty = the workdir's best checkpoint, else its latest.
+    c.checkpoint = ""
+
+    c.dataset = ml_collections.ConfigDict(
+        dict(name="mars", raw_dir="", builder_config="", protocol="mars")
+    )
+    c.model = model_config()
+
+    c.batch = ml_collections.ConfigDict(dict(identities=8, instances=4))
+    c.input = ml_collections.ConfigDict(
+        dict(
+            train_sampler="rrs",
+            test_sampler="rrs",
+            flip=True,
+            erasing_prob=0.5,
+            eval_batch_size=32,
+            num_parallel_calls=-1,  # tf.data.AUTOTUNE
+        )
+    )
+
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            learning_rate=3.5e-4,
+            weight_decay=5e-4,  # coupled L2 added to the gradients (PyTorch Adam semantics)
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            warmup_epochs=10,
+            warmup_factor=0.01,
+            milestones=(70, 140, 210, 310, 410),
+            gamma=0.3,
+            grad_clip_norm=0.0,  # 0 = off (the release does not clip)
+        )
+    )
+    c.loss = ml_collections.ConfigDict(
+        dict(label_smoothing=0.1, margin=0.3, triplet_distance="cosine")
+    )
+    c.eval = ml_collections.ConfigDict(
+        dict(distance="cosine", rerank=False, max_rank=50)
+    )
+
+    c.num_epochs = 500
+    c.num_train_steps = -1  # > 0 overrides num_epochs (tests, quick runs)
+    c.eval_every_epochs = 10
+    c.checkpoint_every_epochs = 10
+    c.max_to_keep = 3
+    c.log_every_steps = 20
+    return c
+
+
+def apply_presets(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Applies the comma-separated presets of a config string (ablation names, `release`)."""
+    names = [a.strip() for a in (arg or "").split(",") if a.strip()]
+    ablations = [n for n in names if n in ABLATIONS]
+    unknown = [n for n in names if n not in ABLATIONS and n != "release"]
+    if unknown:
+        raise ValueError(
+            f"unknown config preset(s) {unknown}: expected ablations {sorted(ABLATIONS)} "
+            "and/or 'release'"
+        )
+    if len(ablations) > 1:
+        raise ValueError(f"at most one ablation per config string, got {ablations}")
+    for ablation in ablations:
+        config.model.update(ABLATIONS[ablation])
+        config.ablation = ablation
+    if "release" in names:
+        config.input.train_sampler = "random_interval"
+        config.input.test_sampler = RELEASE_TEST_SAMPLER[config.dataset.name]
+    return config
+
+
+def dataset_config(dataset: str, arg: str | None, **dataset_fields) -> ml_collections.ConfigDict:
+    """The recipe for one dataset with the presets of `arg` applied."""
+    config = base_config()
+    config.ablation = "full"
+    config.dataset.name = dataset
+    config.dataset.protocol = DATASET_PROTOCOL[dataset]
+    config.dataset.update(dataset_fields)
+    return apply_presets(config, arg)

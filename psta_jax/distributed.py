@@ -1,0 +1,84 @@
+"""Joining a multi-process JAX run (TPU pod slices, GPU clusters, loopback tests).
+
+`initialize_from_flags()` must run before any other JAX call. It decides, in this order:
+1. explicit flags `--coordinator_address --num_processes --process_id` (or the environment
+   variables PSTA_COORDINATOR_ADDRESS, PSTA_NUM_PROCESSES, PSTA_PROCESS_ID, which the local
+   launcher `python -m psta_jax.launch` sets);
+2. a cluster JAX detects by itself (Cloud TPU pod slices, SLURM, Open MPI, Kubernetes...):
+   `--distributed=auto` calls `jax.distributed.initialize()` with no arguments;
+3. otherwise a single process.
+`--cpu_devices N` (or PSTA_CPU_DEVICES) gives a CPU-only process N devices, with gloo
+collectives across processes: that is how multi-host runs are tested on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags, logging
+
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for a multi-process run."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "off", ["off", "auto"],
+    "'auto': let JAX detect the cluster (Cloud TPU, SLURM, Open MPI, ...) and initialise.",
+)
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", None, "Number of CPU devices for this process (tests and CPU clusters)."
+)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def initialize(
+    *,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+    cpu_devices: int | None = None,
+) -> None:
+    """Configures devices and joins the other processes. Call before any other JAX call."""
+    import jax
+
+    if cpu_devices:
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", cpu_devices)
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(v is not None for v in explicit):
+        missing = [
+            name
+            for name, v in zip(("coordinator_address", "num_processes", "process_id"), explicit, strict=True)
+            if v is None
+        ]
+        if missing:
+            raise ValueError(
+                f"a multi-process run needs coordinator_address, num_processes and process_id; "
+                f"missing {missing}"
+            )
+        if cpu_devices:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+        logging.info("joined %s as process %d of %d", coordinator_address, process_id, num_processes)
+    elif auto:
+        jax.distributed.initialize()
+
+
+def initialize_from_flags() -> None:
+    initialize(
+        coordinator_address=_COORDINATOR.value or os.environ.get("PSTA_COORDINATOR_ADDRESS") or None,
+        num_processes=_NUM_PROCESSES.value or _env_int("PSTA_NUM_PROCESSES"),
+        process_id=_PROCESS_ID.value if _PROCESS_ID.value is not None else _env_int("PSTA_PROCESS_ID"),
+        auto=_DISTRIBUTED.value == "auto",
+        cpu_devices=_CPU_DEVICES.value or _env_int("PSTA_CPU_DEVICES"),
+    )

@@ -1,0 +1,134 @@
+"""Local multi-process launcher: N JAX processes on loopback, stopped together if one fails.
+
+  python -m psta_jax.launch --processes 2 --devices-per-process 2 -- \
+      --config=configs/demo.py --workdir=/tmp/run
+
+Each process runs `python -m psta_jax.main <flags after -->` with PSTA_COORDINATOR_ADDRESS,
+PSTA_NUM_PROCESSES, PSTA_PROCESS_ID and PSTA_CPU_DEVICES set (see psta_jax.distributed).
+Output lines are prefixed with `[pI]`. When any process exits non-zero (or is killed), the
+others are terminated and the launcher exits non-zero, naming the process that died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+_GRACE_SECONDS = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pump(stream, prefix: str, out) -> None:
+    for line in iter(stream.readline, b""):
+        out.write(f"{prefix}{line.decode(errors='replace')}")
+        out.flush()
+    stream.close()
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + _GRACE_SECONDS
+    for proc in processes:
+        remaining = max(deadline - time.monotonic(), 0.1)
+        try:
+            proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def launch(
+    main_args: Sequence[str],
+    *,
+    processes: int,
+    devices_per_process: int,
+    module: str = "psta_jax.main",
+    poll_seconds: float = 0.2,
+) -> int:
+    """Runs the processes to completion; returns 0, or the first failing process's exit code."""
+    if processes < 1 or devices_per_process < 1:
+        raise ValueError("--processes and --devices-per-process must be >= 1")
+    address = f"127.0.0.1:{free_port()}"
+    procs: list[subprocess.Popen] = []
+    pumps: list[threading.Thread] = []
+    for index in range(processes):
+        env = dict(os.environ)
+        env.update(
+            PSTA_COORDINATOR_ADDRESS=address,
+            PSTA_NUM_PROCESSES=str(processes),
+            PSTA_PROCESS_ID=str(index),
+            PSTA_CPU_DEVICES=str(devices_per_process),
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *main_args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        procs.append(proc)
+        pump = threading.Thread(target=_pump, args=(proc.stdout, f"[p{index}] ", sys.stdout))
+        pump.daemon = True
+        pump.start()
+        pumps.append(pump)
+
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                index, code = failed[0]
+                how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                sys.stderr.write(
+                    f"launch: process {index} {how}; stopping the other "
+                    f"{sum(c is None for c in codes)} process(es)\n"
+                )
+                _stop(procs)
+                return code if code > 0 else 128 - code
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        _stop(procs)
+        return 130
+    finally:
+        for pump in pumps:
+            pump.join(timeout=1.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        split = argv.index("--")
+        own, main_args = argv[:split], argv[split + 1 :]
+    else:
+        own, main_args = argv, []
+    parser = argparse.ArgumentParser(prog="python -m psta_jax.launch", description=__doc__.split("\n")[0])
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--devices-per-process", type=int, default=1)
+    parser.add_argument("--module", default="psta_jax.main", help="module each process runs")
+    args = parser.parse_args(own)
+    return launch(
+        main_args,
+        processes=args.processes,
+        devices_per_process=args.devices_per_process,
+        module=args.module,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Entry point: python -m psta_jax.main --config=configs/mars.py --workdir=DIR.
+
+Any config field can be overridden (--config.batch.identities=4). `config.mode` selects
+`train` (train with periodic evaluation, resuming from DIR's latest checkpoint) or
+`evaluate` (evaluate config.checkpoint, or DIR's best checkpoint).
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from psta_jax import distributed
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Training configuration file (configs/*.py[:presets]).", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Must run before any other JAX call: joins the other processes of a multi-host run.
+    distributed.initialize_from_flags()
+
+    import jax
+    import tensorflow as tf
+
+    from psta_jax import train
+
+    tf.config.set_visible_devices([], "GPU")  # tf.data only; accelerators belong to JAX
+    logging.info(
+        "JAX process %d/%d, %d local / %d global devices (%s)",
+        jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+        jax.devices()[0].platform,
+    )
+    config = FLAGS.config
+    if config.mode == "train":
+        train.train_and_evaluate(config, FLAGS.workdir)
+    elif config.mode == "evaluate":
+        train.evaluate_checkpoint(config, FLAGS.workdir)
+    else:
+        raise app.UsageError(f"config.mode must be 'train' or 'evaluate', got {config.mode!r}")
+
+
+if __name__ == "__main__":
+    app.run(main)

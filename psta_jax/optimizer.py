@@ -1,0 +1,70 @@
+"""The release's optimiser: PyTorch Adam with coupled L2 decay and a per-epoch warmup schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(
+    *,
+    base_learning_rate: float,
+    steps_per_epoch: int,
+    warmup_epochs: int,
+    warmup_factor: float,
+    milestones: Sequence[int],
+    gamma: float,
+) -> optax.Schedule:
+    """WarmupMultiStepLR stepped once per epoch, as the release does.
+
+    With e = step // steps_per_epoch (the 0-based epoch):
+    lr(e) = base * w(e) * gamma ** #{m in milestones : m <= e}, where
+    w(e) = warmup_factor * (1 - e / warmup_epochs) + e / warmup_epochs for e < warmup_epochs, else 1.
+    """
+    if steps_per_epoch <= 0:
+        raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
+    milestone_array = jnp.asarray(tuple(milestones) or (10**9,), jnp.int32)
+
+    def schedule(step):
+        epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
+        if warmup_epochs > 0:
+            alpha = epoch.astype(jnp.float32) / warmup_epochs
+            warmup = jnp.where(
+                epoch < warmup_epochs, warmup_factor * (1.0 - alpha) + alpha, 1.0
+            )
+        else:
+            warmup = 1.0
+        decays = jnp.sum(milestone_array <= epoch) if milestones else 0
+        return base_learning_rate * warmup * gamma ** decays
+
+    return schedule
+
+
+def create_optimizer(
+    config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Adam (b1, b2, eps) on gradients + weight_decay * params, as torch.optim.Adam(weight_decay=).
+
+    Apply it to the trainable parameters only: the frozen BN-neck biases are not in that
+    tree, so they get neither updates nor decay.
+    """
+    schedule = learning_rate_schedule(
+        base_learning_rate=config.learning_rate,
+        steps_per_epoch=steps_per_epoch,
+        warmup_epochs=config.warmup_epochs,
+        warmup_factor=config.warmup_factor,
+        milestones=config.milestones,
+        gamma=config.gamma,
+    )
+    transforms = []
+    if config.grad_clip_norm and config.grad_clip_norm > 0:
+        transforms.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    transforms += [
+        optax.add_decayed_weights(config.weight_decay),
+        optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps),
+        optax.scale_by_learning_rate(schedule),
+    ]
+    return optax.chain(*transforms), schedule

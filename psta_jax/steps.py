@@ -1,0 +1,292 @@
+"""The jitted SPMD steps: one code path for 1 device, many devices and many hosts.
+
+The train state is replicated over a 1-D device mesh (axis `data`) and each batch is sharded
+along it. The step is written as single-device code, so XLA computes the batch-hard triplet
+mining and every BatchNorm's statistics over the whole global batch, exactly as one device
+holding the whole P x K batch would (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from psta_jax import losses
+from psta_jax.models import build_model
+from psta_jax.models.psta import PSTA, FrozenParam
+
+DATA_AXIS = "data"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the state and checkpoints keep the last good step."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes. `params` are the trained parameters; `model_state`
+    holds the BatchNorm statistics and the frozen BN-neck biases (never updated, never decayed)."""
+
+    step: jax.Array
+    params: nnx.State
+    model_state: nnx.State
+    opt_state: optax.OptState
+
+    def model_variables(self) -> dict:
+        return {"params": self.params, "model_state": self.model_state}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelGraphs:
+    """The static halves of the model in its two modes (BatchNorm flags live in the graph)."""
+
+    train: nnx.GraphDef
+    eval: nnx.GraphDef
+
+
+def split_model(model: PSTA) -> tuple[ModelGraphs, nnx.State, nnx.State]:
+    """(graphs, trainable params, everything else) of an NNX model."""
+    model.eval()
+    eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
+    model.train()
+    train_graph, params, model_state = nnx.split(model, nnx.Param, ...)
+    return ModelGraphs(train=train_graph, eval=eval_graph), params, model_state
+
+
+def count_trainable(params: nnx.State) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def frozen_filter() -> type:
+    return FrozenParam
+
+
+# ----------------------------------------------------------------------------- mesh
+
+
+def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh over every device of every process, axis `data`."""
+    devices = devices if devices is not None else jax.devices()
+    return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """Global arrays from this process's slice of the batch (leading axis = batch)."""
+    sharding = data_sharded(mesh)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+    }
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    graphs: ModelGraphs,
+    tx: optax.GradientTransformation,
+    num_classes: int,
+    loss_config: ml_collections.ConfigDict,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step on a global batch {'clips' (B,T,H,W,3), 'labels' (B,)}.
+
+    When the loss is not finite the returned state equals the input state (the host raises
+    NonFiniteLossError on seeing metrics['finite'] == 0), so no NaN ever reaches a checkpoint.
+    """
+    model = nnx.merge(graphs.train, state.params, state.model_state)
+
+    def loss_fn(model: PSTA):
+        out = model(batch["clips"])
+        total, parts = losses.psta_loss(
+            out.logits,
+            out.features,
+            batch["labels"],
+            num_classes=num_classes,
+            label_smoothing=loss_config.label_smoothing,
+            margin=loss_config.margin,
+            distance=loss_config.triplet_distance,
+        )
+        return total, parts
+
+    (loss, parts), grads = nnx.value_and_grad(
+        loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True
+    )(model)
+    new_model_state = nnx.state(model, nnx.Not(nnx.Param))
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+
+    finite = jnp.isfinite(loss)
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        model_state=keep(new_model_state, state.model_state),
+        opt_state=keep(new_opt_state, state.opt_state),
+    )
+    metrics = {
+        "loss": loss,
+        "ce": parts["ce"],
+        "triplet": parts["triplet"],
+        "grad_norm": optax.global_norm(grads),
+        "finite": finite.astype(jnp.float32),
+    }
+    return new_state, metrics
+
+
+def embed(
+    params: nnx.State, model_state: nnx.State, clips: jax.Array, *, graphs: ModelGraphs
+) -> jax.Array:
+    """Eval-mode clip embeddings (B, feature_dim) float32."""
+    model = nnx.merge(graphs.eval, params, model_state)
+    return model(clips)
+
+
+def compile_train_step(
+    graphs: ModelGraphs,
+    tx: optax.GradientTransformation,
+    num_classes: int,
+    loss_config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict]]:
+    step = functools.partial(
+        train_step, graphs=graphs, tx=tx, num_classes=num_classes, loss_config=loss_config
+    )
+    return jax.jit(
+        step,
+        in_shardings=(replicated(mesh), data_sharded(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def compile_embed(graphs: ModelGraphs, mesh: jax.sharding.Mesh) -> Callable:
+    return jax.jit(
+        functools.partial(embed, graphs=graphs),
+        in_shardings=(replicated(mesh), replicated(mesh), data_sharded(mesh)),
+        out_shardings=data_sharded(mesh),
+    )
+
+
+def create_train_state(
+    model: PSTA, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
+) -> tuple[ModelGraphs, TrainState]:
+    graphs, params, model_state = split_model(model)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+    )
+    return graphs, jax.device_put(state, replicated(mesh))
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, num_classes: int, tx) -> TrainState:
+    """The shapes and dtypes of a train state, without allocating (for restores)."""
+
+    def make():
+        model = build_model(config.model, num_classes, nnx.Rngs(0))
+        _, params, model_state = split_model(model)
+        return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
+
+    return jax.eval_shape(make)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def extract_features(
+    embed_fn: Callable,
+    state: TrainState,
+    batches: Iterator[Mapping[str, np.ndarray]],
+    mesh: jax.sharding.Mesh,
+) -> dict[str, np.ndarray]:
+    """Runs every eval batch through the model and gathers all processes' outputs.
+
+    Returns the concatenated, unmasked {'features', 'tracklet_ids', 'pids', 'camids'} of this
+    split, in the order batches arrive (all processes see the same global arrays).
+    """
+    gathered: dict[str, list[np.ndarray]] = {
+        "features": [], "tracklet_ids": [], "pids": [], "camids": []
+    }
+    for batch in batches:
+        clips = shard_batch({"clips": batch["clips"]}, mesh)["clips"]
+        features = embed_fn(state.params, state.model_state, clips)
+        local = {k: np.asarray(batch[k]) for k in ("tracklet_ids", "pids", "camids", "mask")}
+        local["features"] = _local_rows(features)
+        everything = _allgather(local)
+        mask = everything.pop("mask").astype(bool)
+        for key, value in everything.items():
+            gathered[key].append(value[mask])
+    return {k: np.concatenate(v) for k, v in gathered.items()}
+
+
+def _local_rows(array: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in order."""
+    shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+    rows, seen = [], set()
+    for shard in shards:
+        start = shard.index[0].start or 0
+        if start in seen:
+            continue
+        seen.add(start)
+        rows.append(np.asarray(shard.data))
+    return np.concatenate(rows)
+
+
+def _allgather(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(local, tiled=True)
+    return {k: np.asarray(v) for k, v in gathered.items()}
+
+
+@dataclasses.dataclass
+class StepTimer:
+    """Clips per second over the steps since the last `rate` call."""
+
+    clips_per_step: int
+    _start: float = dataclasses.field(default_factory=time.perf_counter)
+    _steps: int = 0
+
+    def tick(self) -> None:
+        self._steps += 1
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        rate = self._steps * self.clips_per_step / max(now - self._start, 1e-9)
+        self._start, self._steps = now, 0
+        return rate
+
+
+def tree_to_host(tree: Any) -> Any:
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def log_parameter_overview(params: nnx.State) -> None:
+    logging.info("trainable parameters: %s", f"{count_trainable(params):,}")
