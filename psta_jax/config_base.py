@@ -75,8 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
     # release checkpoint); empty = the workdir's best checkpoint, else its latest.
     c.checkpoint = ""
 
+    # raw_dir: the raw dataset folder (default <data_dir>/<the dataset's folder>); synthetic:
+    # generate the synthetic MARS-layout dataset into raw_dir when it is missing.
     c.dataset = ml_collections.ConfigDict(
-        dict(name="mars", raw_dir="", builder_config="", protocol="mars")
+        dict(name="mars", raw_dir="", builder_config="", protocol="mars", synthetic=False)
     )
     c.model = model_config()
 

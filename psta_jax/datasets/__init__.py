@@ -1,0 +1,171 @@
+"""Video re-ID datasets as TFDS builders (MARS, DukeMTMC-VideoReID, iLIDS-VID, PRID-2011).
+
+Importing this package registers the four builders with TFDS ('mars', 'duke_video_reid',
+'ilids_vid', 'prid2011'); it does not import TensorFlow or touch any data.
+
+    from psta_jax import datasets
+    builder = datasets.build("mars", data_dir="data", raw_dir="data/synthetic_mars")
+    train = datasets.load_split(builder, "train")   # one element per tracklet, frames undecoded
+    facts = datasets.reid_info(builder)             # num_train_ids, num_cameras, eval_protocol
+
+Raw data is read from `raw_dir` (default `<data_dir>/<raw folder>`, e.g. data/MARS); the
+prepared TFRecords go to `<data_dir>/tfds/<basename of raw_dir>/`, so a synthetic MARS and the
+real MARS never share a cache. Delete that folder to rebuild after the raw data changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import TYPE_CHECKING
+
+import tensorflow_datasets as tfds
+
+from psta_jax.datasets import raw_io, reid_builder
+from psta_jax.datasets.duke_video_reid import duke_video_reid_dataset_builder
+from psta_jax.datasets.ilids_vid import ilids_vid_dataset_builder
+from psta_jax.datasets.mars import mars_dataset_builder
+from psta_jax.datasets.prid2011 import prid2011_dataset_builder
+from psta_jax.datasets.raw_io import CorruptRawDataError, MissingRawDataError, RawDataError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+__all__ = [
+    "BUILDERS",
+    "CorruptRawDataError",
+    "MissingRawDataError",
+    "RawDataError",
+    "ReidInfo",
+    "build",
+    "builder_class",
+    "load_split",
+    "prepared_data_dir",
+    "raw_data_dir",
+    "reid_info",
+]
+
+BUILDERS: dict[str, type[reid_builder.ReidBuilder]] = {
+    "mars": mars_dataset_builder.Builder,
+    "duke_video_reid": duke_video_reid_dataset_builder.Builder,
+    "ilids_vid": ilids_vid_dataset_builder.Builder,
+    "prid2011": prid2011_dataset_builder.Builder,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReidInfo:
+    """Facts about a prepared dataset that training and evaluation need."""
+
+    name: str  # TFDS builder name, e.g. "mars".
+    config: str | None  # Builder config ("split_3") for iLIDS-VID / PRID-2011, else None.
+    eval_protocol: str  # "mars", "duke", "ilids_vid" or "prid2011".
+    num_train_ids: int  # Distinct pids in the train split (= classifier width).
+    num_cameras: int  # max camid + 1 over all splits.
+    num_tracklets: dict[str, int]  # Examples per split.
+    num_ids: dict[str, int]  # Distinct pids per split (gallery counts distractor pid 0).
+
+
+def builder_class(name: str) -> type[reid_builder.ReidBuilder]:
+    """The builder class registered under `name`."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
+    return BUILDERS[name]
+
+
+def raw_data_dir(name: str, data_dir: str = "data", raw_dir: str | None = None) -> str:
+    """The raw folder read by `build`: `raw_dir`, or `<data_dir>/<default raw folder>`."""
+    return (
+        raw_dir if raw_dir is not None else os.path.join(data_dir, builder_class(name).RAW_FOLDER)
+    )
+
+
+def prepared_data_dir(data_dir: str, raw_dir: str) -> str:
+    """TFDS data_dir for prepared TFRecords: `<data_dir>/tfds/<basename of raw_dir>`."""
+    return os.path.join(data_dir, "tfds", os.path.basename(os.path.normpath(raw_dir)))
+
+
+def _config_name(cls: type[reid_builder.ReidBuilder], config: str | int | None) -> str | None:
+    names = [c.name for c in cls.BUILDER_CONFIGS]
+    if config is None:
+        return names[0] if names else None
+    if isinstance(config, int):
+        config = f"split_{config}"
+    if config not in names:
+        expected = names or "no config (this dataset has one fixed split)"
+        raise ValueError(f"{cls.name}: unknown builder_config {config!r}; expected {expected}")
+    return config
+
+
+def build(
+    name: str,
+    *,
+    data_dir: str = "data",
+    raw_dir: str | None = None,
+    builder_config: str | int | None = None,
+) -> tfds.core.DatasetBuilder:
+    """Returns the prepared builder of dataset `name`, preparing it from the raw folder if needed.
+
+    Args:
+      name: 'mars', 'duke_video_reid', 'ilids_vid' or 'prid2011'.
+      data_dir: dataset root; raw folders default to `<data_dir>/<raw folder>` and prepared
+        TFRecords go to `<data_dir>/tfds/<basename of the raw folder>/`.
+      raw_dir: the raw dataset folder (e.g. 'data/synthetic_mars' for the synthetic MARS).
+      builder_config: iLIDS-VID / PRID-2011 split, 'split_0'..'split_9' or 0..9 (default 0).
+    """
+    cls = builder_class(name)
+    config = _config_name(cls, builder_config)
+    raw = raw_data_dir(name, data_dir, raw_dir)
+    builder = cls(data_dir=prepared_data_dir(data_dir, raw), config=config, file_format="tfrecord")
+    if not builder.is_prepared():
+        if not os.path.isdir(raw):
+            raise raw_io.MissingRawDataError(
+                f"{cls.TITLE}: raw dataset folder not found at {raw} (and nothing prepared at "
+                f"{builder.data_dir}).\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=raw),
+            file_format="tfrecord",
+        )
+    return builder
+
+
+def load_split(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    *,
+    read_config: tfds.ReadConfig | None = None,
+) -> tf.data.Dataset:
+    """One element per tracklet, in tracklet_id order, with `frames` left encoded.
+
+    Element: {'frames': (num_frames,) tf.string JPEG/PNG bytes, 'pid', 'camid', 'tracklet_id',
+    'num_frames': int64 scalars}.
+    """
+    if split not in builder.info.splits:
+        raise ValueError(
+            f"{builder.name}: unknown split {split!r}; expected one of {list(builder.info.splits)}"
+        )
+    return builder.as_dataset(
+        split=split,
+        decoders={"frames": tfds.decode.SkipDecoding()},
+        shuffle_files=False,
+        read_config=read_config,
+    )
+
+
+def reid_info(builder: tfds.core.DatasetBuilder) -> ReidInfo:
+    """Facts recorded when `builder` was prepared (see `reid_builder.split_metadata`)."""
+    metadata = builder.info.metadata
+    if not metadata or "num_train_ids" not in metadata:
+        raise ValueError(
+            f"{builder.name}: no re-ID metadata at {builder.data_dir}; is the dataset prepared?"
+        )
+    return ReidInfo(
+        name=builder.name,
+        config=builder.builder_config.name if builder.builder_config else None,
+        eval_protocol=metadata["eval_protocol"],
+        num_train_ids=int(metadata["num_train_ids"]),
+        num_cameras=int(metadata["num_cameras"]),
+        num_tracklets={s: builder.info.splits[s].num_examples for s in reid_builder.SPLITS},
+        num_ids={s: int(n) for s, n in metadata["num_ids"].items()},
+    )

@@ -79,7 +79,7 @@ def read_image_bytes(dataset: str, path: os.PathLike | str) -> bytes:
 
 
 def check_decodable(dataset: str, path: os.PathLike | str, data: bytes) -> tuple[int, int]:
-    """Fully decodes one encoded frame with PIL; returns (height, width) or raises naming the file."""
+    """Decodes one encoded frame with PIL; returns (height, width) or raises naming the file."""
     from PIL import Image  # Deferred: only needed while preparing a dataset.
 
     try:
@@ -87,9 +87,7 @@ def check_decodable(dataset: str, path: os.PathLike | str, data: bytes) -> tuple
             image.load()
             width, height = image.size
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...) for bad data.
-        raise CorruptRawDataError(
-            f"{dataset}: cannot decode image {os.fspath(path)}: {e}"
-        ) from e
+        raise CorruptRawDataError(f"{dataset}: cannot decode image {os.fspath(path)}: {e}") from e
     return height, width
 
 
@@ -144,9 +142,7 @@ def load_mat_variable(
         raise CorruptRawDataError(f"{dataset}: cannot read MATLAB file {path}: {e}") from e
     if variable not in contents:
         found = sorted(k for k in contents if not k.startswith("__"))
-        raise CorruptRawDataError(
-            f"{dataset}: {path} has no variable {variable!r} (found {found})"
-        )
+        raise CorruptRawDataError(f"{dataset}: {path} has no variable {variable!r} (found {found})")
     array = np.asarray(contents[variable])
     if array.ndim != ndim or not np.issubdtype(array.dtype, np.number):
         raise CorruptRawDataError(

@@ -31,6 +31,16 @@ class Tracklet:
     camid: int
 
 
+def sequence_tracklet(dataset: str, folder: str, pid: int, camid: int) -> Tracklet:
+    """A tracklet stored as a folder of numbered PNG/JPEG frames, sorted by frame number."""
+    names = raw_io.sort_frames_numerically(raw_io.list_images(folder, (".png", ".jpg", ".jpeg")))
+    if not names:
+        raise raw_io.CorruptRawDataError(f"{dataset}: sequence folder {folder} holds no frames")
+    return Tracklet(
+        frame_paths=tuple(os.path.join(folder, name) for name in names), pid=pid, camid=camid
+    )
+
+
 def reid_features() -> tfds.features.FeaturesDict:
     """The features of every split of every builder (the dataset contract)."""
     return tfds.features.FeaturesDict(
@@ -66,9 +76,7 @@ def tracklet_example(dataset: str, tracklet: Tracklet, tracklet_id: int) -> dict
     }
 
 
-def split_metadata(
-    splits: Mapping[str, Sequence[Tracklet]], eval_protocol: str
-) -> dict[str, Any]:
+def split_metadata(splits: Mapping[str, Sequence[Tracklet]], eval_protocol: str) -> dict[str, Any]:
     """JSON-able facts stored with the prepared dataset (read back by `psta_jax.datasets.info`)."""
     camids = {t.camid for tracklets in splits.values() for t in tracklets}
     return {
@@ -130,6 +138,25 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ) -> Iterator[tuple[int, dict[str, Any]]]:
         for tracklet_id, tracklet in enumerate(tracklets):
             yield tracklet_id, tracklet_example(self.TITLE, tracklet, tracklet_id)
+
+
+def ls_set_split(ls_set: np.ndarray, people: list[str], index: int) -> tuple[list[str], list[str]]:
+    """(train, test) person folders of split `index` of an `ls_set` split table.
+
+    The iLIDS-VID and PRID-2011 .mat split files hold `ls_set` (num_splits x num_people).
+    Each row is a permutation of 1-based indices into the sorted person folders; its first
+    half is the test persons, its second half the training persons.
+    """
+    row = ls_set[index]
+    if sorted(row.tolist()) != list(range(1, len(people) + 1)):
+        raise raw_io.CorruptRawDataError(
+            f"split {index}: ls_set row must be a permutation of 1..{len(people)} "
+            f"(one entry per person folder), got {len(row)} entries in {row.min()}..{row.max()}"
+        )
+    half = len(row) // 2
+    test = sorted(people[i - 1] for i in row[:half])
+    train = sorted(people[i - 1] for i in row[half:])
+    return train, test
 
 
 def split_configs(num_splits: int = 10) -> list[tfds.core.BuilderConfig]:

@@ -18,7 +18,9 @@ exactly in the input dtype. CMC needs only the rank of the first true match.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 from typing import Literal
 
 import numpy as np
@@ -29,8 +31,9 @@ AP_KINDS: tuple[str, ...] = ("step", "trapezoid")
 INVALID_QUERY_RULES: tuple[str, ...] = ("skip", "zero")
 TIE_RULE = "stable: equal distances ranked by gallery order"
 
-# Elements of one query chunk (rows x gallery): bounds the temporaries to ~40 MB.
+# Elements of one query chunk (rows x gallery): ~40 MB of temporaries per worker thread.
 _CHUNK_ELEMENTS = 1 << 22
+_NUM_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +87,8 @@ def validate_inputs(
         raise ValueError("distmat: the gallery is empty (0 columns)")
     if not np.issubdtype(distmat.dtype, np.floating):
         distmat = distmat.astype(np.float64)
-    if not np.all(np.isfinite(distmat)):
+    # min/max propagate NaN, so two reductions check finiteness without a full bool temporary.
+    if not (np.isfinite(distmat.min()) and np.isfinite(distmat.max())):
         bad = np.argwhere(~np.isfinite(distmat))[0]
         raise ValueError(
             f"distmat: contains NaN or infinite distances (first at query {bad[0]}, "
@@ -97,53 +101,76 @@ def validate_inputs(
     return distmat, q_pids, g_pids, q_camids, g_camids
 
 
+def _same_identity_pairs(q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (query, gallery) pair sharing an identity, rows ascending, then gallery order.
+
+    O(num_gallery log num_gallery + pairs): the pairs are read from the gallery grouped by pid,
+    never from a dense query x gallery comparison.
+    """
+    by_pid = np.argsort(g_pids, kind="stable")
+    sorted_pids = g_pids[by_pid]
+    first = np.searchsorted(sorted_pids, q_pids, side="left")
+    counts = np.searchsorted(sorted_pids, q_pids, side="right") - first
+    rows = np.repeat(np.arange(q_pids.size), counts)
+    offsets = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    cols = by_pid[np.repeat(first, counts) + offsets]
+    return rows, cols
+
+
 def _true_match_ranks(
-    dist: np.ndarray, removed: np.ndarray, positive: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """0-based ranks, among kept entries, of every true match of a chunk of queries.
+    dist: np.ndarray,
+    removed: tuple[np.ndarray, np.ndarray],
+    positive: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """0-based ranks, among kept entries, of the true matches of a chunk of queries.
 
     Args:
       dist: (C, G) distances in the input dtype.
-      removed: (C, G) bool, entries ignored for that query.
-      positive: (C, G) bool, true matches (never removed).
+      removed: (rows, cols) of the entries ignored for their query (same pid and camera).
+      positive: (rows, cols) of the true matches, rows ascending.
     Returns:
-      rows (P,) and ranks (P,), one entry per true match, rows ascending.
+      (P,) ranks, aligned with `positive`.
     """
-    rows, cols = np.nonzero(positive)
-    if rows.size == 0:
-        return rows, rows.astype(np.int64)
-    dist32 = dist.astype(np.float32, copy=False)
-    ordered = np.where(removed, np.float32(np.inf), dist32)
+    rows, cols = positive
+    ordered = dist.astype(np.float32)
+    ordered[removed] = np.inf
+    values = ordered[rows, cols]
     ordered.sort(axis=1)
-    values = dist32[rows, cols]
     bounds = np.searchsorted(rows, np.arange(dist.shape[0] + 1))
-    below = np.empty(rows.size, np.int64)
+    ranks = np.empty(rows.size, np.int64)
     equal = np.empty(rows.size, np.int64)
-    for row in np.unique(rows):
+    for row in np.flatnonzero(np.diff(bounds)):
         start, stop = bounds[row], bounds[row + 1]
         left = np.searchsorted(ordered[row], values[start:stop], side="left")
-        below[start:stop] = left
+        ranks[start:stop] = left
         equal[start:stop] = np.searchsorted(ordered[row], values[start:stop], "right") - left
-    ranks = below
     tied = np.flatnonzero(equal > 1)
     if tied.size:
         ranks[tied] = _exact_ranks(dist, removed, rows[tied], cols[tied])
-    return rows, ranks
+    return ranks
 
 
 def _exact_ranks(
-    dist: np.ndarray, removed: np.ndarray, rows: np.ndarray, cols: np.ndarray
+    dist: np.ndarray,
+    removed: tuple[np.ndarray, np.ndarray],
+    rows: np.ndarray,
+    cols: np.ndarray,
 ) -> np.ndarray:
-    """Stable ranks of entries (rows, cols) by direct counting in the input dtype."""
+    """Stable ranks of entries (rows, cols) among kept entries, counted in the input dtype."""
+    tied_rows, row_of = np.unique(rows, return_inverse=True)
+    masked = dist[tied_rows]  # a copy of the few rows involved
+    in_tied = np.isin(removed[0], tied_rows)
+    removed_at = np.searchsorted(tied_rows, removed[0][in_tied])
+    masked[removed_at, removed[1][in_tied]] = np.inf  # finite inputs: inf is never "before"
     ranks = np.empty(rows.size, np.int64)
     gallery_index = np.arange(dist.shape[1])
     step = max(1, _CHUNK_ELEMENTS // dist.shape[1])
     for start in range(0, rows.size, step):
-        r, c = rows[start : start + step], cols[start : start + step]
-        row_dist = dist[r]
+        r, c = row_of[start : start + step], cols[start : start + step]
+        row_dist = masked[r]
         value = row_dist[np.arange(r.size), c][:, None]
         before = (row_dist < value) | ((row_dist == value) & (gallery_index < c[:, None]))
-        ranks[start : start + step] = np.count_nonzero(before & ~removed[r], axis=1)
+        ranks[start : start + step] = np.count_nonzero(before, axis=1)
     return ranks
 
 
@@ -215,7 +242,9 @@ def rank_metrics(
     if ap not in AP_KINDS:
         raise ValueError(f"ap must be one of {AP_KINDS}, got {ap!r}")
     if invalid_queries not in INVALID_QUERY_RULES:
-        raise ValueError(f"invalid_queries must be one of {INVALID_QUERY_RULES}, got {invalid_queries!r}")
+        raise ValueError(
+            f"invalid_queries must be one of {INVALID_QUERY_RULES}, got {invalid_queries!r}"
+        )
     if max_rank < 1:
         raise ValueError(f"max_rank must be at least 1, got {max_rank}")
     distmat, q_pids, g_pids, q_camids, g_camids = validate_inputs(
@@ -224,18 +253,32 @@ def rank_metrics(
     num_q, num_g = distmat.shape
     max_rank = min(max_rank, num_g)
 
-    all_rows, all_ranks = [], []
-    step = max(1, _CHUNK_ELEMENTS // num_g)
-    for start in range(0, num_q, step):
+    rows, cols = _same_identity_pairs(q_pids, g_pids)
+    same_cam = q_camids[rows] == g_camids[cols]
+    removed_rows, removed_cols = rows[same_cam], cols[same_cam]
+    rows, cols = rows[~same_cam], cols[~same_cam]
+    ranks = np.empty(rows.size, np.int64)
+
+    def rank_chunk(start: int) -> None:
         stop = min(start + step, num_q)
-        same_pid = q_pids[start:stop, None] == g_pids[None, :]
-        removed = same_pid & (q_camids[start:stop, None] == g_camids[None, :])
-        rows, ranks = _true_match_ranks(distmat[start:stop], removed, same_pid & ~removed)
-        all_rows.append(rows + start)
-        all_ranks.append(ranks)
-    average_precision, first = _average_precision(
-        np.concatenate(all_rows), np.concatenate(all_ranks), num_q, ap
-    )
+        pos = slice(*np.searchsorted(rows, [start, stop]))
+        rem = slice(*np.searchsorted(removed_rows, [start, stop]))
+        ranks[pos] = _true_match_ranks(
+            distmat[start:stop],
+            (removed_rows[rem] - start, removed_cols[rem]),
+            (rows[pos] - start, cols[pos]),
+        )
+
+    # Chunks write disjoint slices of `ranks`; NumPy's sort releases the GIL, so threads help.
+    step = max(1, _CHUNK_ELEMENTS // num_g)
+    starts = range(0, num_q, step)
+    if len(starts) > 1 and _NUM_THREADS > 1:
+        with concurrent.futures.ThreadPoolExecutor(_NUM_THREADS) as pool:
+            list(pool.map(rank_chunk, starts))
+    else:
+        for start in starts:
+            rank_chunk(start)
+    average_precision, first = _average_precision(rows, ranks, num_q, ap)
 
     valid = first >= 0
     num_valid = int(np.count_nonzero(valid))

@@ -1,0 +1,17 @@
+"""Interoperability with PyTorch: release checkpoints and torchvision ResNet-50."""
+
+from psta_jax.interop.torch_import import (
+    WeightImportError,
+    key_map,
+    load_official_psta,
+    load_psta_state_dict,
+    load_state_dict,
+    load_torchvision_resnet50,
+    read_state_dict,
+    torch_name,
+)
+
+__all__ = [
+    "WeightImportError", "key_map", "load_official_psta", "load_psta_state_dict",
+    "load_state_dict", "load_torchvision_resnet50", "read_state_dict", "torch_name",
+]

@@ -187,15 +187,15 @@ class TRA(nnx.Module):
         groups = self.bn_groups
         flat = frames.shape[:-3]
         hw = self.spatial[0] * self.spatial[1]
-        g = self.gamma(frames, groups["frame"]).reshape(*flat, hw, -1)
-        b = self.beta(frames, groups["frame"]).reshape(*flat, hw, -1)
+        g = self.gamma(frames, groups["tra_frame"]).reshape(*flat, hw, -1)
+        b = self.beta(frames, groups["tra_frame"]).reshape(*flat, hw, -1)
         # Frame i's relations to its partner j: in(R_ij) and out(R_ji).
         relations = relation_views(g, _swap_pair(b), _swap_pair(g), b, self.spatial)
-        relation_code = self.relation_embed(relations, groups["pairwise"])
+        relation_code = self.relation_embed(relations, groups["tra_relation"])
         appearance = self.appearance_embed(
-            jnp.concatenate([embedded, _swap_pair(embedded)], axis=-1), groups["pairwise"])
+            jnp.concatenate([embedded, _swap_pair(embedded)], axis=-1), groups["tra_appearance"])
         spatial_weight = self.spatial_head(
-            jnp.concatenate([appearance, relation_code], axis=-1), groups["pairwise"])
+            jnp.concatenate([appearance, relation_code], axis=-1), groups["tra_head"])
         theta = nnx.relu(self.theta(means))
         channel_weight = self.channel_mlp(jnp.concatenate([theta, _swap_pair(theta)], -1))
         weighted = channel_weight[..., None, None, :] * spatial_weight * frames
@@ -235,13 +235,13 @@ class SRA(nnx.Module):
         groups = self.bn_groups
         flat = frames.shape[:-3]
         hw = self.spatial[0] * self.spatial[1]
-        a = self.alpha(frames, groups["frame"]).reshape(*flat, hw, -1)
-        d = self.delta(frames, groups["frame"]).reshape(*flat, hw, -1)
+        a = self.alpha(frames, groups["sra_frame"]).reshape(*flat, hw, -1)
+        d = self.delta(frames, groups["sra_frame"]).reshape(*flat, hw, -1)
         relations = relation_views(a, d, a, d, self.spatial)
-        relation_code = self.relation_embed(relations, groups["frame"])
+        relation_code = self.relation_embed(relations, groups["sra_head"])
         x = jnp.concatenate([embedded, relation_code], axis=-1)
         for layer in self.spatial_head:
-            x = layer(x, groups["frame"])
+            x = layer(x, groups["sra_head"])
         channel_weight = self.channel_mlp(means)
         weighted = channel_weight[..., None, None, :] * x * frames
         if self.report_attention:
@@ -259,7 +259,8 @@ def _pairs_last(x: jax.Array) -> jax.Array:
 # in training mode: "frame" layers (embedding, gamma/beta, alpha/delta, SRA heads),
 # "pairwise" layers (TRA's per-direction heads) and the conv block on (B, P, ...).
 # Decided by the release's train-mode reference outputs (tests/models/test_parity.py).
-BN_GROUPS_RELEASE = {"frame": (), "pairwise": (), "fused": ()}
+BN_GROUPS_RELEASE = {"embedding": (), "tra_frame": (), "sra_frame": (), "sra_head": (), "tra_relation": (0, 2),
+                     "tra_appearance": (0, 2), "tra_head": (0, 2), "fused": ()}
 
 
 class STAM(nnx.Module):
@@ -314,7 +315,7 @@ class STAM(nnx.Module):
         else:
             embedded = frames
             for layer in self.embedding:
-                embedded = layer(embedded, self.bn_groups["frame"])
+                embedded = layer(embedded, self.bn_groups["embedding"])
             means = spatial_mean(frames)
             fused = jnp.zeros_like(first)
             if self.tra is not None:

@@ -9,9 +9,11 @@ from psta_jax.datasets import raw_io, reid_builder
 
 LAYOUT = """\
 <root>/                                   (default: data/DukeMTMC-VideoReID)
-  train/<pid4>/<tracklet4>/<pid4>_C<c>_F<ffff>_X<frame>.jpg    e.g. train/0001/0001/0001_C6_F0001_X30823.jpg
-  query/<pid4>/<tracklet4>/...                                 (older copies: 0001C6F0001X30823.jpg)
-  gallery/<pid4>/<tracklet4>/..."""
+  train/<pid4>/<tracklet4>/<pid4>_C<c>_F<ffff>_X<frame>.jpg
+                                          e.g. train/0001/0001/0001_C6_F0001_X30823.jpg
+                                          (older copies: 0001C6F0001X30823.jpg)
+  query/<pid4>/<tracklet4>/...
+  gallery/<pid4>/<tracklet4>/...          (also holds copies of the query tracklets)"""
 
 _DESCRIPTION = """\
 DukeMTMC-VideoReID: 702 training identities (2,196 tracklets), 702 query tracklets and 2,636

@@ -70,9 +70,7 @@ def mars_splits(root: str) -> dict[str, list[reid_builder.Tracklet]]:
         raw_io.require_exists("MARS", path, f"name list {split}_name.txt", LAYOUT, is_dir=False)
         names[split] = raw_io.read_lines(path)
 
-    train_info = _track_info(
-        root, "tracks_train_info.mat", "track_train_info", len(names["train"])
-    )
+    train_info = _track_info(root, "tracks_train_info.mat", "track_train_info", len(names["train"]))
     test_info = _track_info(root, "tracks_test_info.mat", "track_test_info", len(names["test"]))
     query_path = os.path.join(root, "info", "query_IDX.mat")
     query_rows = raw_io.load_mat_variable("MARS", query_path, "query_IDX", LAYOUT).reshape(-1) - 1

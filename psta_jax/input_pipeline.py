@@ -1,0 +1,577 @@
+"""tf.data input pipeline: P x K identity batches for training, every tracklet once for eval.
+
+Design (see ../shared/docs/design.md, Data):
+
+* A split's encoded frames are loaded once into host memory (``TrackletStore``: one flat
+  tf.string tensor plus per-tracklet offsets). Only the sampled frames are ever decoded.
+* What goes into a training batch is a pure NumPy function of (seed, step):
+  ``train_batch_plan`` gives the tracklets, their frame indices, the flip flags and the
+  erasing rectangles. Restarting at step N therefore yields batch N again, and every process
+  of a multi-host run computes the same global plan and keeps its contiguous slice of it.
+* tf.data only gathers, decodes and resizes frames in a parallel map (one element per frame,
+  no Python per frame) and applies flip / normalisation / erasing vectorised over the batch.
+
+Training batches follow the release's ``RandomIdentitySampler``: an epoch visits every
+identity once in a random order, K tracklets each (distinct when the identity has at least K,
+with replacement only when it has fewer), grouped P identities per batch with the remainder
+dropped (steps_per_epoch = num_identities // P; MARS: 625 // 8 = 78). Labels are the dense
+relabelling 0..num_ids-1 of the *sorted* raw pids (the release uses ``enumerate(set(pids))``,
+whose order is an implementation detail of Python sets).
+
+Augmentation (the release's, each switchable): resize to ``image_size`` (bicubic for training,
+bilinear for evaluation) -> horizontal flip of the whole clip (p = 0.5) -> scale to [0, 1] ->
+ImageNet normalisation -> random erasing with one rectangle for every frame of the clip,
+filled *after* normalisation with the raw constants (0.485, 0.456, 0.406).
+Resizing uses ``tf.image.resize(..., antialias=True)``: its bicubic kernel (Keys, a = -0.5)
+and its kernel widening when downscaling are PIL's, so it tracks PIL ``BICUBIC`` /
+``BILINEAR`` (what the release's PIL transforms use) to about one grey level; the result is
+rounded and clipped to [0, 255] as PIL's uint8 output is, and a frame already at the target
+size is left untouched (PIL returns a copy). MARS frames are 256x128, so at the default size
+nothing is resized.
+
+Batches are dicts of NumPy arrays (this process's slice of the global batch):
+training ``clips`` (B, T, H, W, 3) ``config.dtype``, ``labels`` (B,) int32, ``camids`` (B,)
+int32; evaluation ``clips``, ``tracklet_ids`` (B,) int64, ``pids`` (B,) int64, ``camids``
+(B,) int32, ``mask`` (B,) bool (False on padding, where ids are -1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from psta_jax import sampling
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AUTOTUNE = tf.data.AUTOTUNE
+REQUIRED_FEATURES = ("frames", "pid", "camid", "tracklet_id")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class _ImageConfig:
+    """Fields shared by training and evaluation."""
+
+    seq_len: int = 8
+    image_size: tuple[int, int] = (256, 128)  # (H, W)
+    antialias: bool = True
+    normalize: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    dtype: Any = "float32"  # anything tf.as_dtype accepts: "bfloat16", jnp.bfloat16, ...
+    num_parallel_calls: int = AUTOTUNE
+    prefetch: int = 2
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None = None, **overrides: Any):
+        """Builds the config from a dict / ml_collections.ConfigDict; unknown keys are errors."""
+        values = dict(mapping.to_dict() if hasattr(mapping, "to_dict") else (mapping or {}))
+        values.update(overrides)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown fields {unknown}; expected some of "
+                             f"{sorted(fields)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**values)
+
+    def _validate(self) -> None:
+        if self.seq_len < 1:
+            raise ValueError(f"{type(self).__name__}.seq_len must be >= 1, got {self.seq_len}")
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f"{type(self).__name__}.image_size must be (H, W) with positive "
+                             f"entries, got {self.image_size}")
+        tf.as_dtype(self.dtype)  # raises a TypeError naming the bad dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPipelineConfig(_ImageConfig):
+    """Training pipeline: P x K identity batches, ``sampler`` in sampling.TRAIN_SAMPLERS."""
+
+    identities_per_batch: int = 8  # P
+    instances_per_identity: int = 4  # K
+    sampler: str = "rrs"  # the paper's RRS; the release trains with "random_interval"
+    resize_method: str = "bicubic"
+    flip: bool = True
+    flip_prob: float = 0.5
+    erasing: bool = True
+    erasing_prob: float = 0.5
+    erasing_area: tuple[float, float] = (0.02, 0.4)  # fraction of H * W, uniform
+    erasing_min_aspect: float = 0.3  # aspect h / w uniform in [min, 1 / min]
+    erasing_max_tries: int = 100
+    erasing_fill: tuple[float, float, float] = IMAGENET_MEAN  # written after normalisation
+
+    def __post_init__(self):
+        self._validate()
+        sampling.train_sampler(self.sampler)
+        if self.identities_per_batch < 1 or self.instances_per_identity < 1:
+            raise ValueError("TrainPipelineConfig: identities_per_batch (P) and "
+                             "instances_per_identity (K) must be >= 1, got "
+                             f"{self.identities_per_batch} x {self.instances_per_identity}")
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.identities_per_batch * self.instances_per_identity
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPipelineConfig(_ImageConfig):
+    """Evaluation pipeline: ``sampler`` in sampling.EVAL_SAMPLERS."""
+
+    sampler: str = "rrs"  # the release tests MARS with "begin_interval", Duke with "dense"
+    resize_method: str = "bilinear"
+    dense_max_clips: int | None = sampling.DENSE_MAX_CLIPS
+    seed: int = 0  # chooses the kept run of clips when dense exceeds dense_max_clips
+
+    def __post_init__(self):
+        self._validate()
+        if self.sampler not in sampling.EVAL_SAMPLERS:
+            raise ValueError(f"EvalPipelineConfig.sampler must be one of "
+                             f"{sampling.EVAL_SAMPLERS}, got {self.sampler!r}")
+
+
+def _as_config(config, cls):
+    if isinstance(config, cls):
+        return config
+    if config is None or isinstance(config, Mapping) or hasattr(config, "to_dict"):
+        return cls.from_mapping(config)
+    raise TypeError(f"expected a {cls.__name__} or a mapping of its fields, got {type(config)}")
+
+
+# ----------------------------------------------------------------------------- host-memory split
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackletStore:
+    """One split's encoded frames in host memory, tracklets in dataset order.
+
+    frames: (total_frames,) tf.string, every tracklet's frames back to back.
+    offsets: (N + 1,) int64; tracklet i owns frames[offsets[i]:offsets[i + 1]].
+    pids, camids, tracklet_ids: (N,) int64 as stored in the dataset.
+    """
+
+    frames: tf.Tensor
+    offsets: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+    tracklet_ids: np.ndarray
+
+    @property
+    def num_tracklets(self) -> int:
+        return len(self.pids)
+
+    @property
+    def num_frames(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def load_tracklets(examples: tf.data.Dataset) -> TrackletStore:
+    """Reads every example of a split (the dataset contract of docs/architecture.md) once."""
+    spec = examples.element_spec
+    if not isinstance(spec, Mapping) or any(k not in spec for k in REQUIRED_FEATURES):
+        raise ValueError(f"expected examples with features {REQUIRED_FEATURES}, got {spec}")
+    frames_spec = spec["frames"]
+    if frames_spec.dtype != tf.string or frames_spec.shape.rank != 1:
+        raise ValueError(
+            "expected 'frames' as a 1-D tf.string tensor of encoded images (read the TFDS split "
+            f"with decoders={{'frames': tfds.decode.SkipDecoding()}}), got {frames_spec}")
+    keys = [k for k in (*REQUIRED_FEATURES, "num_frames") if k in spec]
+    encoded, lengths, pids, camids, tracklet_ids = [], [], [], [], []
+    for i, example in enumerate(examples.map(lambda ex: {k: ex[k] for k in keys})
+                                .as_numpy_iterator()):
+        count = len(example["frames"])
+        if count == 0 or ("num_frames" in example and example["num_frames"] != count):
+            raise ValueError(f"example {i} (tracklet_id {example['tracklet_id']}) has "
+                             f"{count} frames but num_frames={example.get('num_frames')}; "
+                             "expected at least one frame and matching counts")
+        encoded.append(example["frames"])
+        lengths.append(count)
+        pids.append(example["pid"])
+        camids.append(example["camid"])
+        tracklet_ids.append(example["tracklet_id"])
+    if not encoded:
+        raise ValueError("the split has no examples")
+    return TrackletStore(
+        frames=tf.convert_to_tensor(np.concatenate(encoded), dtype=tf.string),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        pids=np.asarray(pids, np.int64),
+        camids=np.asarray(camids, np.int64),
+        tracklet_ids=np.asarray(tracklet_ids, np.int64),
+    )
+
+
+# ----------------------------------------------------------------------------- batch plans
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentityIndex:
+    """Training tracklets grouped by dense label.
+
+    labels: (N,) int32, dense relabelling of the sorted raw pids.
+    label_pids: (num_identities,) int64, the raw pid of each label.
+    tracklets_by_label: tracklet positions of each label, ascending.
+    """
+
+    labels: np.ndarray
+    label_pids: np.ndarray
+    tracklets_by_label: tuple[np.ndarray, ...]
+
+    @property
+    def num_identities(self) -> int:
+        return len(self.label_pids)
+
+
+def build_identity_index(pids: np.ndarray) -> IdentityIndex:
+    label_pids, labels = np.unique(np.asarray(pids), return_inverse=True)
+    order = np.argsort(labels, kind="stable")
+    splits = np.cumsum(np.bincount(labels, minlength=len(label_pids)))[:-1]
+    return IdentityIndex(labels.astype(np.int32), label_pids.astype(np.int64),
+                         tuple(np.split(order, splits)))
+
+
+def draw_erasing_boxes(rng: np.random.Generator, count: int, height: int, width: int,
+                       config: TrainPipelineConfig) -> np.ndarray:
+    """The release's RandomErasing rectangle for ``count`` clips: (count, 4) int32.
+
+    Rows are (top, left, h, w); h = w = 0 means no erasing. Per clip: erase with probability
+    erasing_prob; up to erasing_max_tries candidates with area U(area range) * H * W and
+    aspect r = U(min, 1 / min), h = round(sqrt(area r)), w = round(sqrt(area / r)); the first
+    with w < W and h < H wins, placed uniformly (top in 0..H-h, left in 0..W-w).
+    """
+    tries = config.erasing_max_tries
+    apply = rng.random(count) < config.erasing_prob
+    area = rng.uniform(*config.erasing_area, size=(count, tries)) * height * width
+    aspect = rng.uniform(config.erasing_min_aspect, 1 / config.erasing_min_aspect,
+                         size=(count, tries))
+    h = np.round(np.sqrt(area * aspect)).astype(np.int64)
+    w = np.round(np.sqrt(area / aspect)).astype(np.int64)
+    fits = (w < width) & (h < height)
+    first = fits.argmax(axis=1)
+    rows = np.arange(count)
+    h, w = h[rows, first], w[rows, first]
+    keep = apply & fits.any(axis=1)
+    h, w = np.where(keep, h, 0), np.where(keep, w, 0)
+    top = rng.integers(0, height - h + 1)
+    left = rng.integers(0, width - w + 1)
+    return np.stack([top, left, h, w], axis=1).astype(np.int32)
+
+
+def train_batch_plan(index: IdentityIndex, num_frames: np.ndarray, config: TrainPipelineConfig,
+                     seed: int, step: int) -> dict[str, np.ndarray]:
+    """What global training batch ``step`` holds; a pure function of (seed, step).
+
+    Returns tracklets (B,) int64 positions in the split, frames (B, T) int64 indices within
+    each tracklet, labels (B,) int32, flip (B,) bool, erase (B, 4) int32 (see
+    draw_erasing_boxes), B = P * K, clips ordered identity by identity (K consecutive clips).
+    Flip and erasing are drawn even when switched off (then forced off), so switching an
+    augmentation does not change the other draws.
+    """
+    p, k = config.identities_per_batch, config.instances_per_identity
+    steps_per_epoch = index.num_identities // p
+    if steps_per_epoch < 1:
+        raise ValueError(f"{index.num_identities} identities cannot fill one batch of "
+                         f"P={p} identities")
+    if seed < 0 or step < 0:
+        raise ValueError(f"seed and step must be non-negative, got seed={seed}, step={step}")
+    epoch, position = divmod(step, steps_per_epoch)
+    identity_order = np.random.default_rng([seed, 0, epoch]).permutation(index.num_identities)
+    batch_labels = identity_order[position * p:(position + 1) * p]
+    rng = np.random.default_rng([seed, 1, step])
+    tracklets = np.concatenate([
+        rng.choice(index.tracklets_by_label[label], size=k,
+                   replace=len(index.tracklets_by_label[label]) < k)
+        for label in batch_labels
+    ]).astype(np.int64)
+    sampler = sampling.train_sampler(config.sampler)
+    frames = np.stack([sampler(int(num_frames[t]), config.seq_len, rng) for t in tracklets])
+    flip = (rng.random(p * k) < config.flip_prob) & config.flip
+    erase = draw_erasing_boxes(rng, p * k, *config.image_size, config)
+    erase = erase * np.int32(config.erasing)
+    return dict(tracklets=tracklets, frames=frames, labels=index.labels[tracklets],
+                flip=flip, erase=erase)
+
+
+# ----------------------------------------------------------------------------- tf.data graph
+
+
+def _decode_resize(encoded: tf.Tensor, size: tuple[int, int], method: str,
+                   antialias: bool) -> tf.Tensor:
+    """One encoded JPEG/PNG -> (H, W, 3) float32 in [0, 255], rounded like PIL's uint8."""
+    image = tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")  # PNG too
+    image.set_shape([None, None, 3])
+    same_size = tf.reduce_all(tf.shape(image)[:2] == tf.constant(size))
+
+    def resize():
+        resized = tf.image.resize(image, size, method=method, antialias=antialias)
+        return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+
+    return tf.ensure_shape(
+        tf.cond(same_size, lambda: tf.cast(image, tf.float32), resize), [*size, 3])
+
+
+def _frame_transform(config: _ImageConfig, augment: bool):
+    """f(encoded, flip, erase) -> one (H, W, 3) frame of a clip, in ``config.dtype``.
+
+    decode -> resize -> flip (if ``flip``) -> scale to [0, 1] and normalise (one fused
+    multiply-add) -> erase the (top, left, h, w) rectangle ``erase`` (if h > 0). The clip's
+    flip flag and rectangle ride along with each of its frames, so all T frames get the same.
+    """
+    size = tuple(config.image_size)
+    mean = np.asarray(config.mean if config.normalize else (0.0, 0.0, 0.0), np.float32)
+    std = np.asarray(config.std if config.normalize else (1.0, 1.0, 1.0), np.float32)
+    scale, offset = tf.constant(1.0 / (255.0 * std)), tf.constant(-mean / std)
+    fill = tf.constant(getattr(config, "erasing_fill", IMAGENET_MEAN), tf.float32)
+    rows, cols = tf.range(size[0])[:, None, None], tf.range(size[1])[None, :, None]
+    dtype = tf.as_dtype(config.dtype)
+
+    def erased(image: tf.Tensor, erase: tf.Tensor) -> tf.Tensor:
+        top, left, h, w = tf.unstack(erase)
+        inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+        return tf.where(inside, fill, image)
+
+    def transform(encoded: tf.Tensor, flip: tf.Tensor, erase: tf.Tensor) -> tf.Tensor:
+        image = _decode_resize(encoded, size, config.resize_method, config.antialias)
+        if augment:
+            image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+        image = image * scale + offset
+        if augment:
+            image = tf.cond(erase[2] > 0, lambda: erased(image, erase), lambda: image)
+        return tf.cast(image, dtype)
+
+    return transform
+
+
+def _clip_dataset(plans: tf.data.Dataset, store: TrackletStore, config: _ImageConfig,
+                  clips_per_batch: int, augment: bool, finish) -> tf.data.Dataset:
+    """Plans -> batches: ``finish(plan, clips (b, T, H, W, 3))`` gives each batch dict.
+
+    A plan holds 'frame_ids' (b, T) rows of store.frames, 'flip' (b,) and 'erase' (b, 4).
+    Every frame is one element of a parallel, order-preserving map that does all the
+    per-pixel work (decode, resize, flip, normalise, erase), then frames regroup into clips.
+    """
+    frames = store.frames
+    transform = _frame_transform(config, augment)
+    seq_len, size = config.seq_len, tuple(config.image_size)
+
+    def per_frame(plan):
+        return tf.data.Dataset.from_tensor_slices((
+            tf.reshape(plan["frame_ids"], [-1]),
+            tf.repeat(plan["flip"], seq_len),
+            tf.repeat(plan["erase"], seq_len, axis=0)))
+
+    images = (
+        plans.flat_map(per_frame)
+        .map(lambda i, flip, erase: transform(tf.gather(frames, i), flip, erase),
+             num_parallel_calls=config.num_parallel_calls, deterministic=True)
+        .batch(clips_per_batch * seq_len, drop_remainder=True)
+        .map(lambda x: tf.reshape(x, [clips_per_batch, seq_len, *size, 3]))
+    )
+    batches = tf.data.Dataset.zip(plans, images).map(finish)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.max_intra_op_parallelism = 1
+    return batches.prefetch(config.prefetch).with_options(options)
+
+
+def _local_slice(global_batch: int, process_index: int, process_count: int) -> slice:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"expected 0 <= process_index < process_count, got "
+                         f"{process_index} of {process_count}")
+    if global_batch % process_count:
+        raise ValueError(f"the global batch of {global_batch} clips does not split evenly "
+                         f"over {process_count} processes")
+    local = global_batch // process_count
+    return slice(process_index * local, (process_index + 1) * local)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class TrainIterator(Iterator[dict[str, np.ndarray]]):
+    """Endless training batches from ``start_step`` on; batch n is a function of (seed, n).
+
+    Attributes: num_identities (classes), steps_per_epoch, global_batch_size,
+    local_batch_size, step (the step of the next batch).
+    """
+
+    def __init__(self, store: TrackletStore, config: TrainPipelineConfig, *, seed: int,
+                 start_step: int = 0, process_index: int = 0, process_count: int = 1):
+        self.store = store
+        self.config = config
+        self.seed = seed
+        self.index = build_identity_index(store.pids)
+        self.num_identities = self.index.num_identities
+        self.steps_per_epoch = self.num_identities // config.identities_per_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the training split has {self.num_identities} identities, fewer "
+                             f"than P={config.identities_per_batch}")
+        self.global_batch_size = config.global_batch_size
+        self._slice = _local_slice(self.global_batch_size, process_index, process_count)
+        self.local_batch_size = self._slice.stop - self._slice.start
+        self.step = start_step
+        self._iterator = None  # built on the first next(): plan() alone starts no tf.data work
+
+    def plan(self, step: int) -> dict[str, np.ndarray]:
+        """The global batch plan of ``step`` (see train_batch_plan), with camids."""
+        plan = train_batch_plan(self.index, self.store.num_frames, self.config, self.seed, step)
+        plan["camids"] = self.store.camids[plan["tracklets"]].astype(np.int32)
+        return plan
+
+    def _local_plan(self, step: int) -> dict[str, np.ndarray]:
+        plan = {k: v[self._slice] for k, v in self.plan(step).items()}
+        plan["frame_ids"] = self.store.offsets[plan["tracklets"], None] + plan["frames"]
+        return plan
+
+    def _dataset(self, start_step: int) -> tf.data.Dataset:
+        b, t = self.local_batch_size, self.config.seq_len
+        signature = dict(frame_ids=([b, t], tf.int64), labels=([b], tf.int32),
+                         camids=([b], tf.int32), flip=([b], tf.bool), erase=([b, 4], tf.int32))
+
+        def arrays_of_step(step: np.ndarray) -> list[np.ndarray]:
+            plan = self._local_plan(int(step))
+            return [plan[k] for k in signature]
+
+        def plan_of_step(step):
+            values = tf.numpy_function(arrays_of_step, [step],
+                [dtype for _, dtype in signature.values()], stateful=False)
+            return {k: tf.ensure_shape(v, shape)
+                    for (k, (shape, _)), v in zip(signature.items(), values, strict=True)}
+
+        plans = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(plan_of_step)
+
+        def finish(plan, clips):
+            return dict(clips=clips, labels=plan["labels"], camids=plan["camids"])
+
+        return _clip_dataset(plans, self.store, self.config, b, True, finish)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._iterator is None:
+            self._iterator = self._dataset(self.step).as_numpy_iterator()
+        batch = next(self._iterator)
+        self.step += 1
+        return batch
+
+
+def create_train_iterator(examples: tf.data.Dataset | TrackletStore,
+                          config: TrainPipelineConfig | Mapping[str, Any] | None = None, *,
+                          seed: int, start_step: int = 0, process_index: int = 0,
+                          process_count: int = 1) -> TrainIterator:
+    """Training batches of this process: its contiguous 1/process_count of each global batch.
+
+    ``examples``: the train split (dataset contract), or a TrackletStore already loaded.
+    """
+    config = _as_config(config, TrainPipelineConfig)
+    store = examples if isinstance(examples, TrackletStore) else load_tracklets(examples)
+    return TrainIterator(store, config, seed=seed, start_step=start_step,
+                         process_index=process_index, process_count=process_count)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class EvalIterable:
+    """Every tracklet of a split once per pass, as clips in bounded batches.
+
+    Each ``iter()`` is a fresh pass (load once, evaluate many times). The global clip list
+    (tracklets in dataset order, a tracklet's clips consecutive) is cut into global batches of
+    ``batch_size`` clips, the last one padded with mask False; each process yields its
+    contiguous slice of every global batch, so every process yields ``num_batches`` batches.
+    Attributes: tracklet_ids, pids, camids ((N,) in dataset order), num_clips, num_batches.
+    """
+
+    def __init__(self, store: TrackletStore, config: EvalPipelineConfig, *, batch_size: int,
+                 process_index: int = 0, process_count: int = 1):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.store = store
+        self.config = config
+        self.batch_size = batch_size
+        self._slice = _local_slice(batch_size, process_index, process_count)
+        self.local_batch_size = self._slice.stop - self._slice.start
+        self.tracklet_ids = store.tracklet_ids
+        self.pids = store.pids
+        self.camids = store.camids.astype(np.int32)
+        clip_frames, clip_tracklets = [], []
+        for position, length in enumerate(store.num_frames.tolist()):
+            rng = None
+            if config.sampler == "dense" and config.dense_max_clips is not None and (
+                    length // config.seq_len > config.dense_max_clips):
+                rng = np.random.default_rng([config.seed, position])
+            clips = sampling.eval_clips(config.sampler, length, config.seq_len, rng,
+                                        config.dense_max_clips)
+            clip_frames.append(clips + store.offsets[position])
+            clip_tracklets.append(np.full(len(clips), position))
+        frame_ids = np.concatenate(clip_frames)
+        positions = np.concatenate(clip_tracklets)
+        self.num_clips = len(positions)
+        self.num_batches = math.ceil(self.num_clips / batch_size)
+        padding = self.num_batches * batch_size - self.num_clips
+        mask = np.concatenate([np.ones(self.num_clips, bool), np.zeros(padding, bool)])
+        positions = np.concatenate([positions, np.full(padding, positions[-1])])
+        frame_ids = np.concatenate([frame_ids, np.repeat(frame_ids[-1:], padding, axis=0)])
+
+        def local(x: np.ndarray) -> np.ndarray:
+            return x.reshape(self.num_batches, batch_size, *x.shape[1:])[:, self._slice]
+
+        self._plans = dict(
+            frame_ids=local(frame_ids), mask=local(mask),
+            flip=local(np.zeros(len(mask), bool)), erase=local(np.zeros((len(mask), 4), np.int32)),
+            tracklet_ids=local(np.where(mask, store.tracklet_ids[positions], -1)),
+            pids=local(np.where(mask, store.pids[positions], -1)),
+            camids=local(np.where(mask, store.camids[positions], -1).astype(np.int32)))
+
+    def _dataset(self) -> tf.data.Dataset:
+        plans = tf.data.Dataset.from_tensor_slices(self._plans)
+
+        def finish(plan, clips):
+            return dict(clips=clips, tracklet_ids=plan["tracklet_ids"], pids=plan["pids"],
+                        camids=plan["camids"], mask=plan["mask"])
+
+        return _clip_dataset(plans, self.store, self.config, self.local_batch_size, False,
+                             finish)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self._dataset().as_numpy_iterator()
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+def create_eval_iterator(examples: tf.data.Dataset | TrackletStore,
+                         config: EvalPipelineConfig | Mapping[str, Any] | None = None, *,
+                         batch_size: int, process_index: int = 0,
+                         process_count: int = 1) -> EvalIterable:
+    """Evaluation batches of a query or gallery split; ``batch_size`` is the global batch."""
+    config = _as_config(config, EvalPipelineConfig)
+    store = examples if isinstance(examples, TrackletStore) else load_tracklets(examples)
+    return EvalIterable(store, config, batch_size=batch_size, process_index=process_index,
+                        process_count=process_count)
+
+
+def average_clip_features(features: np.ndarray, tracklet_ids: np.ndarray,
+                          mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean clip feature per tracklet, in ascending tracklet-id order (= split order).
+
+    features (N, D), tracklet_ids (N,), mask (N,) bool or None -> ((M,) ids, (M, D) float32).
+    The release averages the BN-neck clip features before L2 normalisation.
+    """
+    features = np.asarray(features, np.float32)
+    tracklet_ids = np.asarray(tracklet_ids)
+    if features.ndim != 2 or tracklet_ids.shape != features.shape[:1]:
+        raise ValueError(f"expected features (N, D) and tracklet_ids (N,), got "
+                         f"{features.shape} and {tracklet_ids.shape}")
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        features, tracklet_ids = features[mask], tracklet_ids[mask]
+    ids, inverse, counts = np.unique(tracklet_ids, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(ids), features.shape[1]), np.float64)
+    np.add.at(sums, inverse, features)
+    return ids, (sums / counts[:, None]).astype(np.float32)

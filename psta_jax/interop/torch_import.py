@@ -1,0 +1,251 @@
+"""Import PyTorch weights: the authors' PSTA release checkpoints and torchvision ResNet-50.
+
+    model = load_official_psta("mars_best.pth")            # PSTA with the release's weights
+    load_psta_state_dict(model, state_dict)                 # into an existing model
+    load_torchvision_resnet50("resnet50-0676ba61.pth", model)   # ImageNet backbone
+
+A source is a path to a `.pth` file (a state_dict, or a dict holding one under
+'state_dict'; keys with or without DataParallel's `module.` prefix) or a mapping
+name -> array (NumPy, or anything `np.asarray` accepts). Loading is strict: every model
+variable must be present with the right shape and every source entry must be used;
+otherwise one `WeightImportError` lists all missing, unexpected and mis-shaped entries.
+`num_batches_tracked` entries are accepted and ignored. torch is needed only to read
+`.pth` files (`pip install psta-jax[torch]`).
+
+Layout conversions (PyTorch NCHW -> NHWC): conv weight (out, in, kh, kw) -> kernel
+(kh, kw, in, out); Linear weight (out, in) -> kernel (in, out); the release's Conv1d
+`theta_channel` weight (out, in, 1) -> kernel (in, out); BatchNorm weight/bias/
+running_mean/running_var -> scale/bias/mean/var.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from psta_jax.models.psta import PSTA, FrozenParam
+
+StateDict = Mapping[str, Any]
+Path = tuple[Any, ...]
+
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+LOADED_VARIABLES = (nnx.Param, nnx.BatchStat, FrozenParam)
+
+BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+# Module names whose meaning depends on the parent block: (parent, name) -> release name.
+RELEASE_NAMES = {
+    ("stam", "embedding"): "Embeding",
+    ("stam", "tra"): "TRAG",
+    ("stam", "sra"): "SRAG",
+    ("stam", "conv_block"): "conv_block",
+    ("tra", "gamma"): "gamma_temporal",
+    ("tra", "beta"): "beta_temporal",
+    ("tra", "relation_embed"): "gg_temporal",
+    ("tra", "appearance_embed"): "tte_para",
+    ("tra", "spatial_head"): "te_para",
+    ("tra", "theta"): "theta_channel.0",
+    ("tra", "channel_mlp"): "channel_para",
+    ("sra", "alpha"): "alphi_appearance",
+    ("sra", "delta"): "delta_appearance",
+    ("sra", "relation_embed"): "gg_spatial",
+    ("sra", "spatial_head"): "spa_para",
+    ("sra", "channel_mlp"): "app_channel",
+}
+# PyTorch Sequentials of (conv, bn, act) triples: our list index k -> conv 3k, bn 3k+1.
+CONV_BN_LISTS = {"embedding", "conv_block", "spatial_head"}
+MLP_INDEX = {"fc1": "0", "fc2": "2"}
+
+
+class WeightImportError(ValueError):
+    """Raised when a source does not match the model; lists every problem at once."""
+
+
+def torch_name(path: Path) -> str:
+    """PyTorch state_dict name of a PSTA (or ResNet) variable path, e.g.
+    ('stages', 0, 'sra', 'spatial_head', 1, 'bn', 'scale') -> 'layer1.SRAG.spa_para.4.weight'.
+    """
+    *modules, leaf = [str(p) for p in path]
+    out: list[str] = []
+    context = ""
+    index = 0
+    while index < len(modules):
+        token = modules[index]
+        nxt = modules[index + 1] if index + 1 < len(modules) else None
+        if token == "stages" and nxt is not None:
+            out.append(f"layer{int(nxt) + 1}")
+            context, index = "stam", index + 2
+            continue
+        if token in CONV_BN_LISTS and nxt is not None and nxt.isdigit() and (
+                context in ("stam", "sra")):
+            after = modules[index + 2] if index + 2 < len(modules) else ""
+            offset = {"conv": 0, "bn": 1}[after]
+            out += [RELEASE_NAMES.get((context, token), token), str(3 * int(nxt) + offset)]
+            context, index = "", index + 3
+            continue
+        if (context, token) in RELEASE_NAMES:
+            out.append(RELEASE_NAMES[(context, token)])
+            context = token
+            index += 1
+            continue
+        if token in ("conv", "bn"):
+            out.append("0" if token == "conv" else "1")
+        elif token in MLP_INDEX:
+            out.append(MLP_INDEX[token])
+        else:
+            out.append(token)
+        index += 1
+    is_norm = modules and modules[-1] in ("bn", "bn1", "bn2", "bn3") or leaf in ("mean", "var")
+    is_bottleneck = len(modules) >= 1 and modules[0] == "bottleneck"
+    if is_norm or is_bottleneck:
+        out.append(BN_LEAVES[leaf])
+    else:
+        out.append({"kernel": "weight", "bias": "bias"}[leaf])
+    return ".".join(out)
+
+
+def to_flax(array: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray:
+    """A PyTorch array in the layout of a Flax variable of `target_shape`."""
+    array = np.asarray(array)
+    if array.ndim == 4:  # conv (out, in, kh, kw) -> (kh, kw, in, out)
+        return array.transpose(2, 3, 1, 0)
+    if array.ndim == 3 and array.shape[-1] == 1 and len(target_shape) == 2:  # Conv1d k=1
+        return array[..., 0].T
+    if array.ndim == 2:  # Linear (out, in) -> (in, out)
+        return array.T
+    return array
+
+
+def _strip_prefix(state_dict: StateDict) -> dict[str, Any]:
+    """Drops DataParallel's 'module.' prefix when every key carries it."""
+    keys = list(state_dict)
+    if keys and all(k.startswith("module.") for k in keys):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A `.pth` state_dict as NumPy arrays (torch imported lazily)."""
+    try:
+        import torch
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"reading the PyTorch checkpoint {os.fspath(path)!r} needs torch: "
+                          "pip install 'psta-jax[torch]' (or pass a mapping of NumPy "
+                          "arrays instead)") from err
+    checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, Mapping):
+        raise WeightImportError(f"{os.fspath(path)!r} holds a {type(checkpoint).__name__}, "
+                                "expected a state_dict (or a dict with 'state_dict')")
+    return {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+            for k, v in checkpoint.items()}
+
+
+def read_state_dict(source: str | os.PathLike | StateDict) -> dict[str, Any]:
+    """A source (path or mapping) as a dict with any 'module.' prefix removed."""
+    if isinstance(source, (str, os.PathLike)):
+        source = read_torch_checkpoint(source)
+    elif not isinstance(source, Mapping):
+        raise TypeError(f"weights source must be a path or a mapping, got {type(source)}")
+    elif "state_dict" in source and isinstance(source["state_dict"], Mapping):
+        source = source["state_dict"]
+    return _strip_prefix(source)
+
+
+def key_map(module: nnx.Module, prefix: str = "") -> dict[str, Path]:
+    """PyTorch name -> variable path for every loadable variable of `module`."""
+    names = {}
+    for path, _ in nnx.to_flat_state(nnx.state(module, LOADED_VARIABLES)):
+        names[prefix + torch_name(path)] = tuple(path)
+    return names
+
+
+def load_state_dict(module: nnx.Module, source: str | os.PathLike | StateDict, *,
+                    prefix: str = "", ignore: Callable[[str], bool] | None = None,
+                    what: str = "model") -> nnx.Module:
+    """Loads a PyTorch state_dict into `module` (in place; also returned), strictly.
+
+    `prefix` is prepended to our names to find the source entries ('base.' ...);
+    `ignore(name)` marks source entries that may stay unused (besides
+    num_batches_tracked).
+    """
+    state_dict = read_state_dict(source)
+    names = key_map(module, prefix)
+    state = nnx.state(module, LOADED_VARIABLES)
+    flat = dict(nnx.to_flat_state(state))
+    missing, misshaped, updates = [], [], {}
+    for name, path in names.items():
+        if name not in state_dict:
+            missing.append(name)
+            continue
+        target = flat[path]
+        value = to_flax(state_dict[name], tuple(target.shape))
+        if tuple(value.shape) != tuple(target.shape):
+            misshaped.append(f"{name}: source {tuple(np.shape(state_dict[name]))} -> "
+                             f"{tuple(value.shape)}, model expects {tuple(target.shape)}")
+            continue
+        updates[path] = jnp.asarray(value, dtype=target.dtype)
+    unexpected = [k for k in state_dict if k not in names
+                  and not k.endswith(IGNORED_SUFFIXES) and not (ignore and ignore(k))]
+    if missing or unexpected or misshaped:
+        parts = [f"cannot load these weights into the {what}:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected),
+                             ("mis-shaped", misshaped)):
+            if items:
+                parts.append(f"  {len(items)} {title}: " + ", ".join(sorted(items)))
+        raise WeightImportError("\n".join(parts))
+    for path, value in updates.items():
+        flat[path] = flat[path].replace(value) if hasattr(flat[path], "replace") else value
+    nnx.update(module, nnx.from_flat_state(flat))
+    return module
+
+
+def load_psta_state_dict(model: PSTA, source: str | os.PathLike | StateDict) -> PSTA:
+    """Loads a release state_dict (or checkpoint path) into an existing PSTA."""
+    return load_state_dict(model, source, what="PSTA model")
+
+
+def load_official_psta(source: str | os.PathLike | StateDict, **model_overrides) -> PSTA:
+    """A PSTA holding the release's weights; num_classes is read from the classifier.
+
+    `model_overrides` are PSTA keyword arguments (e.g. `seq_len`, `image_size`, `dtype`);
+    the defaults are the release's network. The model is returned in eval mode.
+    """
+    state_dict = read_state_dict(source)
+    if "classifier.0.weight" not in state_dict:
+        raise WeightImportError("not a PSTA release state_dict: no 'classifier.0.weight' "
+                                f"among its {len(state_dict)} entries")
+    num_classes = int(np.shape(state_dict["classifier.0.weight"])[0])
+    model = nnx.eval_shape(lambda: PSTA(num_classes, **model_overrides, rngs=nnx.Rngs(0)))
+    _materialize(model)
+    load_state_dict(model, state_dict, what="PSTA model")
+    model.eval()
+    return model
+
+
+def _materialize(module: nnx.Module) -> None:
+    """Gives an abstract (eval_shape) module zero arrays so it can be loaded into."""
+    state = nnx.state(module)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), state)
+    nnx.update(module, zeros)
+
+
+def load_torchvision_resnet50(source: str | os.PathLike | StateDict,
+                              model_or_backbone: nnx.Module) -> nnx.Module:
+    """Loads torchvision ImageNet ResNet-50 weights into a PSTA's backbone (or a ResNet).
+
+    The `fc` entries are ignored; anything else missing, unexpected or mis-shaped raises.
+    Returns the model or backbone that was passed.
+    """
+    backbone = model_or_backbone.base if isinstance(model_or_backbone, PSTA) \
+        else model_or_backbone
+    load_state_dict(backbone, source, ignore=lambda k: k.startswith("fc."),
+                    what="ResNet backbone")
+    return model_or_backbone
