@@ -4,12 +4,15 @@ Synthetic in-memory split with MARS-like frames (smooth images, JPEG quality 95)
 batches of T-frame clips at the configured size. Both measurements run in this process with
 the same parallelism and the same number of frames:
 
-  pipeline: create_train_iterator (plan, gather, decode, resize, flip, normalise, erase)
-  decode:   tf.data map of tf.io.decode_jpeg over the frames the pipeline would sample
+  pipeline:         create_train_iterator (plan, gather, decode, resize, flip, normalise,
+                    erase), float clips
+  pipeline (uint8): the same with uint8_clips=True (normalise and erase left to the device)
+  decode only:      tf.data map of tf.io.decode_jpeg over the frames the pipeline samples
 
 Usage: python benchmarks/input_pipeline.py [--source_size=128,64] [--steps=40]
 """
 
+import dataclasses
 import os
 import time
 
@@ -30,6 +33,7 @@ flags.DEFINE_integer("warmup", 5, "untimed batches first")
 flags.DEFINE_integer("num_parallel_calls", -1, "tf.data parallelism (-1: AUTOTUNE)")
 flags.DEFINE_string("sampler", "rrs", "training frame sampler")
 flags.DEFINE_string("dtype", "float32", "clip dtype")
+flags.DEFINE_integer("repeats", 2, "interleaved repetitions of each measurement")
 
 
 def synthetic_split(source_size, num_ids=64, tracklets_per_id=4, frames_per_tracklet=60,
@@ -56,13 +60,14 @@ def synthetic_split(source_size, num_ids=64, tracklets_per_id=4, frames_per_trac
     ), float(np.mean([len(e) for e in encoded]))
 
 
-def time_batches(iterator, warmup: int, steps: int) -> float:
+def time_batches(iterator, warmup: int, steps: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds over all threads) for ``steps`` batches."""
     for _ in range(warmup):
         next(iterator)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         next(iterator)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def decode_only(store: ip.TrackletStore, frame_ids: np.ndarray, frames_per_batch: int,
@@ -90,26 +95,33 @@ def main(argv):
         seq_len=FLAGS.seq_len, image_size=image_size, sampler=FLAGS.sampler,
         num_parallel_calls=FLAGS.num_parallel_calls, dtype=FLAGS.dtype)
     batch, total = config.global_batch_size, FLAGS.warmup + FLAGS.steps
-
-    pipeline = ip.create_train_iterator(store, config, seed=0)
-    pipeline_s = time_batches(pipeline, FLAGS.warmup, FLAGS.steps)
-
-    plans = [pipeline.plan(step) for step in range(total)]
+    plans = [ip.create_train_iterator(store, config, seed=0).plan(s) for s in range(total)]
     frame_ids = np.concatenate([store.offsets[p["tracklets"], None] + p["frames"]
                                 for p in plans]).ravel()
-    decoder = decode_only(store, frame_ids, batch * config.seq_len, FLAGS.num_parallel_calls)
-    decode_s = time_batches(decoder, FLAGS.warmup, FLAGS.steps)
+
+    runs = {
+        f"pipeline ({config.dtype})": lambda: ip.create_train_iterator(store, config, seed=0),
+        "pipeline (uint8_clips)": lambda: ip.create_train_iterator(
+            store, dataclasses.replace(config, uint8_clips=True), seed=0),
+        "decode only": lambda: decode_only(store, frame_ids, batch * config.seq_len,
+                                           FLAGS.num_parallel_calls),
+    }
+    best = {name: (np.inf, np.inf) for name in runs}
+    for _ in range(FLAGS.repeats):  # interleaved; the best wall time of each is kept
+        for name, make in runs.items():
+            best[name] = min(best[name], time_batches(make(), FLAGS.warmup, FLAGS.steps))
 
     clips = FLAGS.steps * batch
     print(f"frames {source_size[0]}x{source_size[1]} JPEG (~{jpeg_bytes / 1024:.1f} KiB) -> "
           f"clips {image_size[0]}x{image_size[1]}, T={config.seq_len}, batch {batch}, "
-          f"{FLAGS.steps} batches, num_parallel_calls={FLAGS.num_parallel_calls}, "
-          f"host CPUs: {len(os.sched_getaffinity(0))}")
-    print(f"pipeline    {clips / pipeline_s:9.1f} clips/s  ({pipeline_s / FLAGS.steps * 1e3:.1f} "
-          "ms/batch)")
-    print(f"decode only {clips / decode_s:9.1f} clips/s  ({decode_s / FLAGS.steps * 1e3:.1f} "
-          "ms/batch)")
-    print(f"pipeline / decode-only throughput: {decode_s / pipeline_s:.2f}")
+          f"{FLAGS.steps} batches x best of {FLAGS.repeats}, "
+          f"num_parallel_calls={FLAGS.num_parallel_calls}, host CPUs: "
+          f"{len(os.sched_getaffinity(0))}")
+    decode_wall, decode_cpu = best["decode only"]
+    for name, (wall, cpu) in best.items():
+        print(f"{name:24s} {clips / wall:8.1f} clips/s  {wall / FLAGS.steps * 1e3:7.1f} ms/batch  "
+              f"{cpu / FLAGS.steps * 1e3:7.1f} CPU-ms/batch   vs decode: throughput "
+              f"{decode_wall / wall:.2f}, CPU {cpu / decode_cpu:.2f}x")
 
 
 if __name__ == "__main__":

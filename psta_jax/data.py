@@ -23,14 +23,29 @@ class Splits:
     gallery: input_pipeline.TrackletStore
 
 
-def open_dataset(config: ml_collections.ConfigDict) -> Splits:
-    """Prepares (once) and loads the dataset `config.dataset` names."""
-    builder = datasets.build(
+def _prepare(config: ml_collections.ConfigDict):
+    if config.dataset.synthetic:
+        from psta_jax.datasets import synthetic
+
+        synthetic.ensure(datasets.raw_data_dir(config.dataset.name, config.data_dir,
+                                               config.dataset.raw_dir or None))
+    return datasets.build(
         config.dataset.name,
         data_dir=config.data_dir,
         raw_dir=config.dataset.raw_dir or None,
         builder_config=config.dataset.builder_config or None,
     )
+
+
+def open_dataset(config: ml_collections.ConfigDict) -> Splits:
+    """Prepares (once, by process 0) and loads the dataset `config.dataset` names."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if jax.process_index() == 0:
+            _prepare(config)
+        multihost_utils.sync_global_devices("psta_jax.data.open_dataset")
+    builder = _prepare(config)
     stores = {
         split: input_pipeline.load_tracklets(datasets.load_split(builder, split))
         for split in ("train", "query", "gallery")

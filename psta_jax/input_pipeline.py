@@ -8,8 +8,13 @@ Design (see ../shared/docs/design.md, Data):
   ``train_batch_plan`` gives the tracklets, their frame indices, the flip flags and the
   erasing rectangles. Restarting at step N therefore yields batch N again, and every process
   of a multi-host run computes the same global plan and keeps its contiguous slice of it.
-* tf.data only gathers, decodes and resizes frames in a parallel map (one element per frame,
-  no Python per frame) and applies flip / normalisation / erasing vectorised over the batch.
+* tf.data only gathers and transforms: one parallel, order-preserving map element per frame
+  (no Python per frame) decodes, resizes, flips, normalises and erases it; each frame carries
+  its clip's flip flag and rectangle, then T frames regroup into a clip and clips into a batch.
+* Normalised float clips are 4x the bytes of the decoded JPEGs; ``uint8_clips=True`` stops the
+  host after the flip and leaves normalisation and erasing to ``finish_clips`` in the jitted
+  step (same result; measured host cost then close to decoding alone, see
+  benchmarks/input_pipeline.py).
 
 Training batches follow the release's ``RandomIdentitySampler``: an epoch visits every
 identity once in a random order, K tracklets each (distinct when the identity has at least K,
@@ -24,7 +29,9 @@ ImageNet normalisation -> random erasing with one rectangle for every frame of t
 filled *after* normalisation with the raw constants (0.485, 0.456, 0.406).
 Resizing uses ``tf.image.resize(..., antialias=True)``: its bicubic kernel (Keys, a = -0.5)
 and its kernel widening when downscaling are PIL's, so it tracks PIL ``BICUBIC`` /
-``BILINEAR`` (what the release's PIL transforms use) to about one grey level; the result is
+``BILINEAR`` (what the release's PIL transforms use) to about one grey level on natural images
+(PIL clips to uint8 between its two passes, so pixel noise upscaled 8x can differ by tens of
+levels; without antialias, downscaling differs by up to 10 levels); the result is
 rounded and clipped to [0, 255] as PIL's uint8 output is, and a frame already at the target
 size is left untouched (PIL returns a copy). MARS frames are 256x128, so at the default size
 nothing is resized.
@@ -69,6 +76,10 @@ class _ImageConfig:
     dtype: Any = "float32"  # anything tf.as_dtype accepts: "bfloat16", jnp.bfloat16, ...
     num_parallel_calls: int = AUTOTUNE
     prefetch: int = 2
+    # True: the host stops before normalisation; ``clips`` are uint8 (resized and flipped),
+    # training batches also carry ``erase`` (B, 4), and ``finish_clips`` (jnp, inside the jitted
+    # step) gives exactly the host path's clips. A quarter of the host work and transfer.
+    uint8_clips: bool = False
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None = None, **overrides: Any):
@@ -304,30 +315,66 @@ def train_batch_plan(index: IdentityIndex, num_frames: np.ndarray, config: Train
 
 def _decode_resize(encoded: tf.Tensor, size: tuple[int, int], method: str,
                    antialias: bool) -> tf.Tensor:
-    """One encoded JPEG/PNG -> (H, W, 3) float32 in [0, 255], rounded like PIL's uint8."""
+    """One encoded JPEG/PNG -> (H, W, 3) uint8, resized and rounded as PIL's uint8 output."""
     image = tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")  # PNG too
     image.set_shape([None, None, 3])
-    same_size = tf.reduce_all(tf.shape(image)[:2] == tf.constant(size))
+    source = tf.shape(image)[:2]
+    same_size = tf.reduce_all(source == tf.constant(size))
+    # Antialiasing only changes downscaling (upscaled results are identical) and costs up to
+    # 4x the plain kernel, so it is used only when a side shrinks.
+    shrinks = tf.reduce_any(source > tf.constant(size)) if antialias else tf.constant(False)
 
-    def resize():
-        resized = tf.image.resize(image, size, method=method, antialias=antialias)
-        return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+    def resize(with_antialias: bool):
+        resized = tf.image.resize(image, size, method=method, antialias=with_antialias)
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
-    return tf.ensure_shape(
-        tf.cond(same_size, lambda: tf.cast(image, tf.float32), resize), [*size, 3])
+    resized = tf.cond(same_size, lambda: image, lambda: tf.cond(
+        shrinks, lambda: resize(True), lambda: resize(False)))
+    return tf.ensure_shape(resized, [*size, 3])
+
+
+def _normalization(config: _ImageConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset), (3,) float32: x_uint8 * scale + offset = (x / 255 - mean) / std."""
+    mean = np.asarray(config.mean if config.normalize else (0.0, 0.0, 0.0), np.float32)
+    std = np.asarray(config.std if config.normalize else (1.0, 1.0, 1.0), np.float32)
+    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+
+
+def finish_clips(clips, erase, config: _ImageConfig):
+    """The host path's last steps for ``uint8_clips`` batches, in jax.numpy (jit-friendly).
+
+    clips (B, T, H, W, 3) uint8, erase (B, 4) int32 (top, left, h, w; h = 0: none) or None
+    (evaluation batches) -> (B, T, H, W, 3) ``config.dtype``: normalised, erased with
+    ``erasing_fill``.
+    """
+    import jax.numpy as jnp
+
+    if clips.ndim != 5 or clips.shape[-1] != 3:
+        raise ValueError(f"finish_clips: expected clips (B, T, H, W, 3), got {clips.shape}")
+    if erase is None:
+        erase = jnp.zeros((clips.shape[0], 4), jnp.int32)
+    height, width = clips.shape[2:4]
+    scale, offset = _normalization(config)
+    out = clips.astype(jnp.float32) * scale + offset
+    top, left, h, w = (jnp.asarray(erase)[:, i, None] for i in range(4))
+    rows, cols = jnp.arange(height)[None, :], jnp.arange(width)[None, :]
+    in_rows = (rows >= top) & (rows < top + h)  # (B, H)
+    in_cols = (cols >= left) & (cols < left + w)  # (B, W)
+    inside = in_rows[:, None, :, None, None] & in_cols[:, None, None, :, None]
+    fill = jnp.asarray(getattr(config, "erasing_fill", IMAGENET_MEAN), jnp.float32)
+    return jnp.where(inside, fill, out).astype(np.dtype(tf.as_dtype(config.dtype).as_numpy_dtype))
 
 
 def _frame_transform(config: _ImageConfig, augment: bool):
     """f(encoded, flip, erase) -> one (H, W, 3) frame of a clip, in ``config.dtype``.
 
-    decode -> resize -> flip (if ``flip``) -> scale to [0, 1] and normalise (one fused
+    decode -> resize -> flip (if ``flip``; still uint8) -> scale to [0, 1] and normalise (one
     multiply-add) -> erase the (top, left, h, w) rectangle ``erase`` (if h > 0). The clip's
     flip flag and rectangle ride along with each of its frames, so all T frames get the same.
+    With ``config.uint8_clips`` it stops after the flip (see finish_clips).
     """
     size = tuple(config.image_size)
-    mean = np.asarray(config.mean if config.normalize else (0.0, 0.0, 0.0), np.float32)
-    std = np.asarray(config.std if config.normalize else (1.0, 1.0, 1.0), np.float32)
-    scale, offset = tf.constant(1.0 / (255.0 * std)), tf.constant(-mean / std)
+    scale, offset = (tf.constant(v) for v in _normalization(config))
     fill = tf.constant(getattr(config, "erasing_fill", IMAGENET_MEAN), tf.float32)
     rows, cols = tf.range(size[0])[:, None, None], tf.range(size[1])[None, :, None]
     dtype = tf.as_dtype(config.dtype)
@@ -341,7 +388,9 @@ def _frame_transform(config: _ImageConfig, augment: bool):
         image = _decode_resize(encoded, size, config.resize_method, config.antialias)
         if augment:
             image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-        image = image * scale + offset
+        if config.uint8_clips:
+            return image
+        image = tf.cast(image, tf.float32) * scale + offset
         if augment:
             image = tf.cond(erase[2] > 0, lambda: erased(image, erase), lambda: image)
         return tf.cast(image, dtype)
@@ -448,7 +497,10 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         plans = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(plan_of_step)
 
         def finish(plan, clips):
-            return dict(clips=clips, labels=plan["labels"], camids=plan["camids"])
+            batch = dict(clips=clips, labels=plan["labels"], camids=plan["camids"])
+            if self.config.uint8_clips:
+                batch["erase"] = plan["erase"]
+            return batch
 
         return _clip_dataset(plans, self.store, self.config, b, True, finish)
 
@@ -561,6 +613,7 @@ def average_clip_features(features: np.ndarray, tracklet_ids: np.ndarray,
     """Mean clip feature per tracklet, in ascending tracklet-id order (= split order).
 
     features (N, D), tracklet_ids (N,), mask (N,) bool or None -> ((M,) ids, (M, D) float32).
+    Rows with a negative tracklet id (the pipeline's padding) are dropped even without mask.
     The release averages the BN-neck clip features before L2 normalisation.
     """
     features = np.asarray(features, np.float32)
@@ -571,6 +624,8 @@ def average_clip_features(features: np.ndarray, tracklet_ids: np.ndarray,
     if mask is not None:
         mask = np.asarray(mask, bool)
         features, tracklet_ids = features[mask], tracklet_ids[mask]
+    keep = tracklet_ids >= 0
+    features, tracklet_ids = features[keep], tracklet_ids[keep]
     ids, inverse, counts = np.unique(tracklet_ids, return_inverse=True, return_counts=True)
     sums = np.zeros((len(ids), features.shape[1]), np.float64)
     np.add.at(sums, inverse, features)

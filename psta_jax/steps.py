@@ -117,7 +117,8 @@ def train_step(
     When the loss is not finite the returned state equals the input state (the host raises
     NonFiniteLossError on seeing metrics['finite'] == 0), so no NaN ever reaches a checkpoint.
     """
-    model = nnx.merge(graphs.train, state.params, state.model_state)
+    # copy: the forward pass updates BatchNorm statistics in place; `state` must keep the old.
+    model = nnx.merge(graphs.train, state.params, state.model_state, copy=True)
 
     def loss_fn(model: PSTA):
         out = model(batch["clips"])
@@ -151,7 +152,7 @@ def train_step(
         "loss": loss,
         "ce": parts["ce"],
         "triplet": parts["triplet"],
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "finite": finite.astype(jnp.float32),
     }
     return new_state, metrics

@@ -144,10 +144,7 @@ def _write_train_metrics(writer, step: int, pending: list[dict], schedule, timer
 
 
 def _scalar_metrics(metrics: Mapping) -> dict[str, float]:
-    scalars = {"eval/mAP": metrics["mAP"]}
-    for rank, value in metrics.get("cmc", {}).items():
-        scalars[f"eval/rank{rank}"] = value
-    return scalars
+    return {f"eval/{k}": float(v) for k, v in metrics.items() if k == "mAP" or k.startswith("rank")}
 
 
 def evaluate(config, splits, embed_fn, state: steps.TrainState, mesh) -> dict:

@@ -271,6 +271,9 @@ def test_average_clip_features():
     np.testing.assert_array_equal(got_ids, [0, 2, 5])
     np.testing.assert_allclose(got, [features[1:3].mean(0), features[[0, 4, 5]].mean(0),
                                      features[3]])
+    unmasked_ids, unmasked = ip.average_clip_features(features, ids)  # padding id -1 dropped
+    np.testing.assert_array_equal(unmasked_ids, got_ids)
+    np.testing.assert_allclose(unmasked, got)
     with pytest.raises(ValueError, match="expected features"):
         ip.average_clip_features(features, ids[:3])
 
@@ -284,3 +287,22 @@ def test_config_from_mapping_rejects_unknown_fields():
         ip.TrainPipelineConfig(sampler="dense")
     with pytest.raises(ValueError, match="sampler must be one of"):
         ip.EvalPipelineConfig(sampler="random_interval")
+
+
+def test_uint8_clips_finished_on_device_match_the_host_path(index_store):
+    base = dict(erasing_prob=1.0, flip_prob=0.5, image_size=(16, 8))  # upscaled: resize runs
+    host = next(ip.create_train_iterator(index_store, _config(**base), seed=4))
+    config = _config(**base, uint8_clips=True)
+    deferred = next(ip.create_train_iterator(index_store, config, seed=4))
+    assert deferred["clips"].dtype == np.uint8 and deferred["erase"].shape == (4, 4)
+    finished = np.asarray(ip.finish_clips(deferred["clips"], deferred["erase"], config))
+    np.testing.assert_allclose(finished, host["clips"], atol=1e-6)
+    np.testing.assert_array_equal(deferred["labels"], host["labels"])
+    eval_config = ip.EvalPipelineConfig(seq_len=T, image_size=(16, 8))
+    host_eval = next(iter(ip.create_eval_iterator(index_store, eval_config, batch_size=4)))
+    deferred_config = ip.EvalPipelineConfig(seq_len=T, image_size=(16, 8), uint8_clips=True)
+    deferred_eval = next(iter(ip.create_eval_iterator(index_store, deferred_config,
+                                                      batch_size=4)))
+    np.testing.assert_allclose(np.asarray(ip.finish_clips(deferred_eval["clips"], None,
+                                                          deferred_config)),
+                               host_eval["clips"], atol=1e-6)

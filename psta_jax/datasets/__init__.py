@@ -10,16 +10,19 @@ Importing this package registers the four builders with TFDS ('mars', 'duke_vide
 
 Raw data is read from `raw_dir` (default `<data_dir>/<raw folder>`, e.g. data/MARS); the
 prepared TFRecords go to `<data_dir>/tfds/<basename of raw_dir>/`, so a synthetic MARS and the
-real MARS never share a cache. Delete that folder to rebuild after the raw data changed.
+real MARS never share a cache. A change in the split metadata files (MARS info/, the iLIDS-VID
+and PRID-2011 split files) prepares the dataset again; otherwise delete that folder to rebuild.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from typing import TYPE_CHECKING
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 from psta_jax.datasets import raw_io, reid_builder
 from psta_jax.datasets.duke_video_reid import duke_video_reid_dataset_builder
@@ -116,17 +119,29 @@ def build(
     cls = builder_class(name)
     config = _config_name(cls, builder_config)
     raw = raw_data_dir(name, data_dir, raw_dir)
-    builder = cls(data_dir=prepared_data_dir(data_dir, raw), config=config, file_format="tfrecord")
-    if not builder.is_prepared():
-        if not os.path.isdir(raw):
-            raise raw_io.MissingRawDataError(
-                f"{cls.TITLE}: raw dataset folder not found at {raw} (and nothing prepared at "
-                f"{builder.data_dir}).\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-            )
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=raw),
-            file_format="tfrecord",
+    prepared = prepared_data_dir(data_dir, raw)
+    builder = cls(data_dir=prepared, config=config, file_format="tfrecord")
+    if builder.is_prepared():
+        if not cls.FINGERPRINT_FILES or not os.path.isdir(raw):
+            return builder
+        if builder.info.metadata.get("raw_fingerprint") == cls.raw_fingerprint(raw):
+            return builder
+        logging.warning(
+            "%s: the split files in %s changed since %s was prepared; preparing it again",
+            cls.TITLE,
+            raw,
+            builder.data_dir,
         )
+        shutil.rmtree(builder.data_dir)
+        builder = cls(data_dir=prepared, config=config, file_format="tfrecord")
+    if not os.path.isdir(raw):
+        raise raw_io.MissingRawDataError(
+            f"{cls.TITLE}: raw dataset folder not found at {raw} (and nothing prepared at "
+            f"{builder.data_dir}).\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        )
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=raw), file_format="tfrecord"
+    )
     return builder
 
 

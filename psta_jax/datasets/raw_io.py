@@ -6,6 +6,7 @@ scripts stay cheap to import.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -52,6 +53,21 @@ def require_exists(
     ok = os.path.isdir(path) if is_dir else os.path.isfile(path)
     if not ok:
         raise missing(dataset, path, what, layout)
+
+
+def fingerprint(root: os.PathLike | str, relative_paths: Iterable[str]) -> str:
+    """SHA-256 over the contents of a dataset's metadata files (absent files count as absent)."""
+    digest = hashlib.sha256()
+    for relative in relative_paths:
+        digest.update(relative.encode() + b"\0")
+        path = os.path.join(root, relative)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        else:
+            digest.update(b"<absent>")
+    return digest.hexdigest()
 
 
 def image_format(data: bytes) -> str | None:

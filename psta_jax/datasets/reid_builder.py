@@ -77,7 +77,7 @@ def tracklet_example(dataset: str, tracklet: Tracklet, tracklet_id: int) -> dict
 
 
 def split_metadata(splits: Mapping[str, Sequence[Tracklet]], eval_protocol: str) -> dict[str, Any]:
-    """JSON-able facts stored with the prepared dataset (read back by `psta_jax.datasets.info`)."""
+    """JSON-able facts stored with a prepared dataset (read by `psta_jax.datasets.reid_info`)."""
     camids = {t.camid for tracklets in splits.values() for t in tracklets}
     return {
         "eval_protocol": eval_protocol,
@@ -101,6 +101,9 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     EVAL_PROTOCOL: ClassVar[str]  # Evaluation protocol name, e.g. "mars".
     NUM_CAMERAS: ClassVar[int]  # Cameras in the real dataset.
     NUM_TRAIN_IDS: ClassVar[int]  # Training identities in the real dataset (per split).
+    # Metadata files (relative to the raw folder) whose contents define the splits: a change
+    # there makes `psta_jax.datasets.build` prepare the dataset again.
+    FINGERPRINT_FILES: ClassVar[tuple[str, ...]] = ()
     DESCRIPTION: ClassVar[str]
     HOMEPAGE: ClassVar[str]
     CITATION: ClassVar[str]
@@ -117,6 +120,10 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             metadata=tfds.core.MetadataDict(),
         )
 
+    @classmethod
+    def raw_fingerprint(cls, root: os.PathLike | str) -> str:
+        return raw_io.fingerprint(root, cls.FINGERPRINT_FILES)
+
     @abc.abstractmethod
     def _scan_splits(self, root: str) -> dict[str, list[Tracklet]]:
         """Lists the tracklets of 'train', 'query' and 'gallery' under the raw folder `root`."""
@@ -131,6 +138,7 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     f"{self.TITLE}: split {name!r} has no tracklets under {dl_manager.manual_dir}"
                 )
         self.info.metadata.update(split_metadata(splits, self.EVAL_PROTOCOL))
+        self.info.metadata["raw_fingerprint"] = self.raw_fingerprint(dl_manager.manual_dir)
         return {name: self._generate_examples(splits[name]) for name in SPLITS}
 
     def _generate_examples(

@@ -355,10 +355,24 @@ def _query_rows(test_specs: list[TrackletSpec], rng: np.random.Generator) -> np.
 
 
 def generate(out: str, config: SyntheticConfig = SyntheticConfig()) -> dict[str, int]:
-    """Writes the synthetic dataset to the new (or empty) folder `out`; returns its statistics."""
+    """Writes the synthetic dataset to the new (or empty) folder `out`; returns its statistics.
+
+    Files are written to `<out>.partial` first and renamed at the end, so an interrupted run
+    never leaves a half-written `out` behind.
+    """
     config.validate()
     if os.path.exists(out) and os.listdir(out):
         raise FileExistsError(f"synthetic MARS: {out} exists and is not empty")
+    partial = os.path.normpath(out) + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    stats = _write_dataset(partial, config)
+    if os.path.isdir(out):
+        os.rmdir(out)  # Empty (checked above).
+    os.rename(partial, out)
+    return stats
+
+
+def _write_dataset(out: str, config: SyntheticConfig) -> dict[str, int]:
     rng = np.random.default_rng(config.seed)
     styles = camera_styles(config.num_cameras, rng)
     pids = rng.choice(

@@ -2,6 +2,7 @@
 
 from psta_jax.interop.torch_import import (
     WeightImportError,
+    export_state_dict,
     key_map,
     load_official_psta,
     load_psta_state_dict,
@@ -12,6 +13,7 @@ from psta_jax.interop.torch_import import (
 )
 
 __all__ = [
-    "WeightImportError", "key_map", "load_official_psta", "load_psta_state_dict",
-    "load_state_dict", "load_torchvision_resnet50", "read_state_dict", "torch_name",
+    "WeightImportError", "export_state_dict", "key_map", "load_official_psta",
+    "load_psta_state_dict", "load_state_dict", "load_torchvision_resnet50", "read_state_dict",
+    "torch_name",
 ]

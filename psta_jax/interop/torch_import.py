@@ -249,3 +249,23 @@ def load_torchvision_resnet50(source: str | os.PathLike | StateDict,
     load_state_dict(backbone, source, ignore=lambda k: k.startswith("fc."),
                     what="ResNet backbone")
     return model_or_backbone
+
+
+def to_torch(array: np.ndarray, name: str) -> np.ndarray:
+    """Inverse of `to_flax`: a Flax variable in the PyTorch layout of entry `name`."""
+    array = np.asarray(array)
+    if array.ndim == 4:
+        return array.transpose(3, 2, 0, 1)
+    if array.ndim == 2 and name.endswith("theta_channel.0.weight"):
+        return array.T[..., None]
+    if array.ndim == 2:
+        return array.T
+    return array
+
+
+def export_state_dict(module: nnx.Module, prefix: str = "") -> dict[str, np.ndarray]:
+    """`module`'s variables as a PyTorch-named, PyTorch-layout dict of NumPy arrays
+    (no num_batches_tracked); `load_state_dict` reads it back exactly."""
+    state = dict(nnx.to_flat_state(nnx.state(module, LOADED_VARIABLES)))
+    return {name: to_torch(np.asarray(state[path][...]), name)
+            for name, path in key_map(module, prefix).items()}

@@ -197,8 +197,8 @@ class PSTA(nnx.Module):
             embedding = self.bottleneck[-1](features[-1])
             chex.assert_shape(embedding, (clips.shape[0], self.feature_dim))
             return embedding
-        bn_features = tuple(neck(x) for neck, x in zip(self.bottleneck, features))
-        logits = tuple(head(f) for head, f in zip(self.classifier, bn_features))
+        bn_features = tuple(neck(x) for neck, x in zip(self.bottleneck, features, strict=True))
+        logits = tuple(head(f) for head, f in zip(self.classifier, bn_features, strict=True))
         return PSTAOutput(logits=logits, features=bn_features)
 
     def _check_clips(self, clips: jax.Array) -> None:
@@ -222,7 +222,7 @@ def capture_attention(model: PSTA, clips: jax.Array) -> tuple[jax.Array | PSTAOu
     """Runs `model(clips)` and returns (outputs, intermediates).
 
     `intermediates` is an `nnx.State` of `nnx.Intermediate` values keyed by module path,
-    e.g. `intermediates['stages'][0]['sra']['sra_spatial']` is a 1-tuple holding the
+    e.g. `intermediates['stages'][0]['sra']['sra_spatial'].get_value()` is a 1-tuple with the
     (B, P, 2, h, w) SRA spatial maps of stage 1 (names and shapes in stam.py).
     """
     model.set_attributes(report_attention=True, raise_if_not_found=False)

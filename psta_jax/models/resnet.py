@@ -1,4 +1,4 @@
-"""ResNet 18/34/50 backbones in Flax NNX, NHWC, torchvision "v1.5" layout.
+"""ResNet 18/34/50 (and a test-sized 10) backbones in Flax NNX, NHWC, torchvision "v1.5" layout.
 
 The attribute names follow torchvision so that its state_dict maps one-to-one
 (`psta_jax.interop.torch_import` holds the map):
@@ -27,6 +27,7 @@ BN_MOMENTUM = 0.9  # Flax convention; PyTorch's momentum 0.1
 BN_EPSILON = 1e-5
 
 STAGE_SIZES: dict[int, tuple[int, int, int, int]] = {
+    10: (1, 1, 1, 1),  # not a torchvision model: the smallest backbone, for tests
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
     50: (3, 4, 6, 3),
@@ -148,7 +149,7 @@ class ResNet(nnx.Module):
     """ResNet feature extractor without the classifier.
 
     Args:
-      depth: 18, 34 or 50.
+      depth: 18, 34 or 50 (10: one basic block per layer, for tests).
       width: base width (torchvision: 64); layer k has width * 2**(k-1) channels
         (times 4 for bottlenecks).
       last_stride: stride of layer4 (1 keeps a 16x8 map for 256x128 inputs).
@@ -174,7 +175,7 @@ class ResNet(nnx.Module):
         self.bn1 = batch_norm(width, **kw)
         in_features = width
         strides = (1, 2, 2, last_stride)
-        for index, (num_blocks, stride) in enumerate(zip(STAGE_SIZES[depth], strides)):
+        for index, (num_blocks, stride) in enumerate(zip(STAGE_SIZES[depth], strides, strict=True)):
             layer_width = width * 2**index
             blocks = []
             for block_index in range(num_blocks):

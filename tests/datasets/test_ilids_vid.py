@@ -40,7 +40,7 @@ def test_split_follows_ls_set(tmp_path):
     assert (info.eval_protocol, info.num_train_ids, info.config) == ("ilids_vid", 2, "split_7")
 
 
-def test_frames_sorted_by_number(tmp_path):
+def test_frames_sorted_by_number():
     tracklets = ilids.ilids_vid_splits(str(DUMMY), 0)
     person001 = [t for split in tracklets.values() for t in split if t.pid == 1 and t.camid == 0][0]
     names = [os.path.basename(p) for p in person001.frame_paths]

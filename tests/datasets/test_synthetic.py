@@ -1,5 +1,6 @@
 """Synthetic MARS: deterministic bytes, MARS raw conventions, and the MARS builder reading it."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -44,7 +45,7 @@ def test_same_seed_same_bytes_other_seed_differs(small_raw, tmp_path):
     assert first.keys() == second.keys()
     assert all(first[k] == second[k] for k in first)
     other = str(tmp_path / "other")
-    synthetic.generate(other, synthetic.SyntheticConfig(**{**SMALL.__dict__, "seed": 4}))
+    synthetic.generate(other, dataclasses.replace(SMALL, seed=4))
     assert _all_files(other)["info/tracks_train_info.mat"] != first["info/tracks_train_info.mat"]
 
 
@@ -116,9 +117,15 @@ def test_ensure_skips_same_config_and_replaces_other(tmp_path):
     out = str(tmp_path / "syn")
     assert synthetic.ensure(out, SMALL)
     assert not synthetic.ensure(out, SMALL)
-    bigger = synthetic.SyntheticConfig(**{**SMALL.__dict__, "num_train_ids": 5})
-    assert synthetic.ensure(out, bigger)
-    assert len(np.unique(_mat(out, "tracks_train_info.mat", "track_train_info")[:, 2])) == 5
+    first = datasets.build("mars", data_dir=str(tmp_path), raw_dir=out)
+    assert datasets.reid_info(first).num_train_ids == SMALL.num_train_ids
+    assert synthetic.ensure(out, dataclasses.replace(SMALL, num_train_ids=5))
+    # The prepared copy follows the regenerated raw data (its info/ files changed).
+    again = datasets.build("mars", data_dir=str(tmp_path), raw_dir=out)
+    assert datasets.reid_info(again).num_train_ids == 5
+    assert again.info.splits["train"].num_examples == len(
+        _mat(out, "tracks_train_info.mat", "track_train_info")
+    )
     plain = tmp_path / "not_synthetic"
     plain.mkdir()
     (plain / "keep.txt").write_text("user data")

@@ -74,6 +74,7 @@ class Builder(reid_builder.ReidBuilder):
     EVAL_PROTOCOL = "ilids_vid"
     NUM_CAMERAS = 2
     NUM_TRAIN_IDS = 150
+    FINGERPRINT_FILES = (SPLIT_FILE,)
     DESCRIPTION = _DESCRIPTION
     HOMEPAGE = "https://xiatian-zhu.github.io/downloads_qmul_iLIDS-VID_ReID_dataset.html"
     CITATION = """\

@@ -17,6 +17,14 @@ LAYOUT = """\
   info/tracks_test_info.mat    (track_test_info)
   info/query_IDX.mat           (query_IDX: 1-based rows of track_test_info)"""
 
+INFO_FILES = (
+    "train_name.txt",
+    "test_name.txt",
+    "tracks_train_info.mat",
+    "tracks_test_info.mat",
+    "query_IDX.mat",
+)
+
 _DESCRIPTION = """\
 MARS video person re-identification: 1,261 identity folders (625 train, 636 test incl.
 distractors "0000" and junk "00-1"), 20,478 tracklets from 6 cameras. Splits follow the
@@ -105,6 +113,7 @@ class Builder(reid_builder.ReidBuilder):
     EVAL_PROTOCOL = "mars"
     NUM_CAMERAS = 6
     NUM_TRAIN_IDS = 625
+    FINGERPRINT_FILES = tuple(f"info/{name}" for name in INFO_FILES)
     DESCRIPTION = _DESCRIPTION
     HOMEPAGE = "https://zheng-lab-anu.github.io/Project/project_mars.html"
     CITATION = """\

@@ -141,6 +141,7 @@ class Builder(reid_builder.ReidBuilder):
     EVAL_PROTOCOL = "prid2011"
     NUM_CAMERAS = 2
     NUM_TRAIN_IDS = 89
+    FINGERPRINT_FILES = (JSON_SPLIT_FILE, *MAT_SPLIT_FILES)
     DESCRIPTION = _DESCRIPTION
     HOMEPAGE = "https://www.tugraz.at/institute/icg/research/team-bischof/lrs/downloads/prid11"
     CITATION = """\
