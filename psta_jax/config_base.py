@@ -119,6 +119,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_train_steps = -1  # > 0 overrides num_epochs (tests, quick runs)
     c.eval_every_epochs = 10
     c.checkpoint_every_epochs = 10
+    c.eval_every_steps = -1  # > 0 overrides eval_every_epochs
+    c.checkpoint_every_steps = -1  # > 0 overrides checkpoint_every_epochs
     c.max_to_keep = 3
     c.log_every_steps = 20
     return c

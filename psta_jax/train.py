@@ -55,8 +55,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     total_steps = (
         config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
     )
-    checkpoint_every = config.checkpoint_every_epochs * steps_per_epoch
-    eval_every = config.eval_every_epochs * steps_per_epoch
+    checkpoint_every = _every(config.checkpoint_every_steps, config.checkpoint_every_epochs,
+                              steps_per_epoch)
+    eval_every = _every(config.eval_every_steps, config.eval_every_epochs, steps_per_epoch)
 
     checkpointing.check_compatible(
         checkpointing.read_config(workdir_path), _config_facts(config, num_classes), workdir
@@ -108,6 +109,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_main:
         (workdir_path / RESULTS_FILE).write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _every(steps_value: int, epochs_value: int, steps_per_epoch: int) -> int:
+    return steps_value if steps_value > 0 else max(1, epochs_value * steps_per_epoch)
 
 
 def _opt(state: steps.TrainState) -> dict:

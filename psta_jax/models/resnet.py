@@ -44,6 +44,7 @@ def batch_norm(num_features: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.
         use_running_average=False,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
+        use_fast_variance=False,  # two-pass variance, as PyTorch; see test_parity.py
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,

@@ -1,0 +1,140 @@
+"""End to end on a tiny synthetic dataset: train, checkpoint, evaluate, kill-and-resume."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from psta_jax import checkpointing, steps, train
+from tests.conftest import REPO_ROOT
+from tests.helpers.tiny import tiny_run_config
+
+pytestmark = pytest.mark.xdist_group("train_e2e")
+
+TOTAL_STEPS = 6
+
+
+def _main(workdir, data_dir, *flags, presets="", timeout=900, wait=True):
+    cmd = [sys.executable, "-m", "psta_jax.main",
+           f"--config=tests/helpers/tiny_config.py:{data_dir}{',' + presets if presets else ''}",
+           f"--workdir={workdir}", *flags]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _params(workdir, step):
+    path = os.path.join(workdir, checkpointing.LATEST_DIR, str(step), "model")
+    return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+    """An uninterrupted run of TOTAL_STEPS steps, checkpointing every 2 steps."""
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    config = tiny_run_config(data_dir, num_train_steps=TOTAL_STEPS, checkpoint_every_steps=2,
+                             eval_every_steps=4)
+    metrics = train.train_and_evaluate(config, workdir)
+    return workdir, metrics
+
+
+def test_run_writes_checkpoints_logs_and_results(finished_run):
+    workdir, metrics = finished_run
+    results = json.loads(open(os.path.join(workdir, train.RESULTS_FILE)).read())
+    assert results == metrics
+    assert results["protocol"] == "mars"
+    assert 0.0 <= results["mAP"] <= 1.0 and np.isfinite(results["rank1"])
+    assert results["num_valid_queries"] > 0
+    saved = json.loads(open(os.path.join(workdir, checkpointing.CONFIG_FILE)).read())
+    assert saved["num_classes"] == 32 and saved["model"]["feature_dim"] == 32
+    steps_saved = sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")))
+    assert steps_saved[-1] == TOTAL_STEPS and len(steps_saved) <= 3  # max_to_keep
+    assert os.listdir(os.path.join(workdir, checkpointing.BEST_DIR))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+
+
+def test_killed_run_resumes_to_the_same_parameters(finished_run, data_dir, tmp_path):
+    reference_dir, _ = finished_run
+    workdir = str(tmp_path / "killed")
+    flags = [f"--config.num_train_steps={TOTAL_STEPS}", "--config.checkpoint_every_steps=2",
+             "--config.eval_every_steps=4"]
+    proc = _main(workdir, data_dir, *flags, wait=False)
+    first_checkpoint = os.path.join(workdir, "checkpoints", "2")
+    deadline = time.monotonic() + 600
+    while not os.path.isdir(first_checkpoint) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 600 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    resumed = _main(workdir, data_dir, *flags)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    expected, actual = _params(reference_dir, TOTAL_STEPS), _params(workdir, TOTAL_STEPS)
+    for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(actual), strict=True):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_mode_reproduces_the_final_metrics(finished_run, data_dir):
+    workdir, metrics = finished_run
+    out = _main(workdir, data_dir, "--config.mode=evaluate",
+                f"--config.checkpoint={os.path.join(workdir, checkpointing.LATEST_DIR)}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    evaluated = json.loads(open(os.path.join(workdir, "eval_results.json")).read())
+    assert evaluated["checkpoint_step"] == TOTAL_STEPS
+    np.testing.assert_allclose(evaluated["mAP"], metrics["mAP"], rtol=1e-6)
+    np.testing.assert_allclose(evaluated["cmc"], metrics["cmc"], rtol=1e-6)
+
+
+def test_incompatible_checkpoint_is_a_clear_error(finished_run, data_dir, tmp_path):
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(finished_run[0], workdir)
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    config = tiny_run_config(data_dir, num_train_steps=TOTAL_STEPS + 2)
+    config.model.feature_dim = 64
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match="feature_dim"):
+        train.train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, data_dir,
+                                                                   tmp_path):
+    workdir = str(tmp_path / "nan")
+    shutil.copytree(finished_run[0], workdir)
+    good = _params(workdir, TOTAL_STEPS)
+    config = tiny_run_config(data_dir, num_train_steps=TOTAL_STEPS + 4, checkpoint_every_steps=2,
+                             eval_every_steps=100)
+    config.optimizer.learning_rate = 1e30
+    config.optimizer.warmup_epochs = 0
+    with pytest.raises(steps.NonFiniteLossError, match="non-finite"):
+        train.train_and_evaluate(config, workdir)
+    saved = sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")))
+    assert saved[-1] == TOTAL_STEPS
+    for x, y in zip(jax.tree.leaves(good), jax.tree.leaves(_params(workdir, TOTAL_STEPS)),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_an_ablation_config_trains(data_dir, tmp_path):
+    out = _main(str(tmp_path / "baseline"), data_dir, "--config.num_train_steps=2",
+                presets="baseline")
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(open(tmp_path / "baseline" / train.RESULTS_FILE).read())
+    assert np.isfinite(results["mAP"])
+    saved = json.loads(open(tmp_path / "baseline" / checkpointing.CONFIG_FILE).read())
+    assert saved["model"]["aggregation"] == "none" and saved["ablation"] == "baseline"
