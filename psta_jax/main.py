@@ -7,6 +7,8 @@ Any config field can be overridden (--config.batch.identities=4). `config.mode` 
 
 from __future__ import annotations
 
+import logging as python_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -20,9 +22,20 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and result
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(python_logging.Filter):
+    """Drops the INFO chatter of Orbax and TensorFlow Datasets (warnings still show)."""
+
+    _NOISY = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/distributed")
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        noisy = any(part in record.pathname for part in self._NOISY)
+        return record.levelno >= python_logging.WARNING or not noisy
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     # Must run before any other JAX call: joins the other processes of a multi-host run.
     distributed.initialize_from_flags()
 

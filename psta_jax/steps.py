@@ -31,6 +31,9 @@ from psta_jax.models.psta import PSTA, FrozenParam
 
 DATA_AXIS = "data"
 
+# (clips (B, T, H, W, 3) uint8, erase (B, 4) int32 or None) -> normalised clips, on device.
+PrepareClips = Callable[[jax.Array, jax.Array | None], jax.Array]
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the state and checkpoints keep the last good step."""
@@ -111,8 +114,12 @@ def train_step(
     tx: optax.GradientTransformation,
     num_classes: int,
     loss_config: ml_collections.ConfigDict,
+    prepare_clips: PrepareClips | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step on a global batch {'clips' (B,T,H,W,3), 'labels' (B,)}.
+
+    With `prepare_clips`, batches carry uint8 clips (and 'erase' rectangles) that it turns
+    into normalised, erased clips on the device (input_pipeline.finish_clips).
 
     When the loss is not finite the returned state equals the input state (the host raises
     NonFiniteLossError on seeing metrics['finite'] == 0), so no NaN ever reaches a checkpoint.
@@ -120,8 +127,10 @@ def train_step(
     # copy: the forward pass updates BatchNorm statistics in place; `state` must keep the old.
     model = nnx.merge(graphs.train, state.params, state.model_state, copy=True)
 
+    clips = _prepared(batch, prepare_clips)
+
     def loss_fn(model: PSTA):
-        out = model(batch["clips"])
+        out = model(clips)
         total, parts = losses.psta_loss(
             out.logits,
             out.features,
@@ -159,11 +168,22 @@ def train_step(
 
 
 def embed(
-    params: nnx.State, model_state: nnx.State, clips: jax.Array, *, graphs: ModelGraphs
+    params: nnx.State,
+    model_state: nnx.State,
+    clips: jax.Array,
+    *,
+    graphs: ModelGraphs,
+    prepare_clips: PrepareClips | None = None,
 ) -> jax.Array:
     """Eval-mode clip embeddings (B, feature_dim) float32."""
     model = nnx.merge(graphs.eval, params, model_state)
-    return model(clips)
+    return model(_prepared({"clips": clips}, prepare_clips))
+
+
+def _prepared(batch: Mapping[str, jax.Array], prepare_clips: PrepareClips | None) -> jax.Array:
+    if prepare_clips is None:
+        return batch["clips"]
+    return prepare_clips(batch["clips"], batch.get("erase"))
 
 
 def compile_train_step(
@@ -172,9 +192,11 @@ def compile_train_step(
     num_classes: int,
     loss_config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
+    prepare_clips: PrepareClips | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict]]:
     step = functools.partial(
-        train_step, graphs=graphs, tx=tx, num_classes=num_classes, loss_config=loss_config
+        train_step, graphs=graphs, tx=tx, num_classes=num_classes, loss_config=loss_config,
+        prepare_clips=prepare_clips,
     )
     return jax.jit(
         step,
@@ -184,9 +206,11 @@ def compile_train_step(
     )
 
 
-def compile_embed(graphs: ModelGraphs, mesh: jax.sharding.Mesh) -> Callable:
+def compile_embed(
+    graphs: ModelGraphs, mesh: jax.sharding.Mesh, prepare_clips: PrepareClips | None = None
+) -> Callable:
     return jax.jit(
-        functools.partial(embed, graphs=graphs),
+        functools.partial(embed, graphs=graphs, prepare_clips=prepare_clips),
         in_shardings=(replicated(mesh), replicated(mesh), data_sharded(mesh)),
         out_shardings=data_sharded(mesh),
     )

@@ -76,8 +76,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("resumed from %s at step %d", workdir, int(state.step))
     checkpointing.write_config(workdir_path, config, **_config_facts(config, num_classes))
 
-    train_step = steps.compile_train_step(graphs, tx, num_classes, config.loss, mesh)
-    embed_fn = steps.compile_embed(graphs, mesh)
+    train_step = steps.compile_train_step(
+        graphs, tx, num_classes, config.loss, mesh, data.prepare_train_clips(config)
+    )
+    embed_fn = steps.compile_embed(graphs, mesh, data.prepare_eval_clips(config))
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
     start_step = int(state.step)
@@ -187,7 +189,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         opt_state=(),
     )
     state = jax.device_put(state, steps.replicated(mesh))
-    metrics = evaluate(config, splits, steps.compile_embed(graphs, mesh), state, mesh)
+    embed_fn = steps.compile_embed(graphs, mesh, data.prepare_eval_clips(config))
+    metrics = evaluate(config, splits, embed_fn, state, mesh)
     metrics["checkpoint"] = os.fspath(source)
     metrics["checkpoint_step"] = step
     if jax.process_index() == 0:

@@ -88,8 +88,8 @@ def test_non_finite_loss_keeps_the_state(setup):
 def test_four_devices_equal_one_device():
     """Global-batch BatchNorm and triplet mining: 4 data-parallel devices == 1 device
     (loss, gradients as SGD updates, new parameters and BatchNorm statistics)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-m", "tests.helpers.multidevice_step"], cwd=REPO_ROOT,
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
