@@ -9,9 +9,7 @@ from psta_jax import config_base
 
 
 def get_config(arg: str | None = None):
-    config = config_base.dataset_config(
-        "mars", arg, raw_dir="data/synthetic_mars", synthetic=True
-    )
+    config = config_base.dataset_config("mars", arg, raw_dir="data/synthetic_mars", synthetic=True)
     config.model.update(depth=18, width=16, feature_dim=128, image_size=(64, 32))
     config.batch.update(identities=8, instances=4)
     config.input.eval_batch_size = 64

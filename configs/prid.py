@@ -4,7 +4,8 @@ Usage: python -m psta_jax.main --config=configs/prid.py[:PRESETS] --workdir=DIR
 PRESETS: one ablation (full, baseline, pyramid_only, adjacent, global, sra_only, tra_only,
 no_conv_block, stages0..stages3) and/or 'release' (the release code's frame samplers).
 
-The standard protocol trains and tests each of the 10 splits: --config.dataset.builder_config=split_K.
+The standard protocol trains and tests each of the 10 splits:
+--config.dataset.builder_config=split_K (K = 0..9).
 """
 
 from psta_jax import config_base

@@ -50,7 +50,9 @@ def _manager(directory: epath.Path, **options) -> ocp.CheckpointManager:
 class Checkpoints:
     """Latest and best checkpoints of one workdir."""
 
-    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True):
+    def __init__(
+        self, workdir: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True
+    ):
         self.workdir = epath.Path(workdir)
         self._latest = _manager(
             self.workdir / LATEST_DIR,
@@ -72,13 +74,17 @@ class Checkpoints:
     def best_step(self) -> int | None:
         return self._best.best_step()
 
-    def save(self, step: int, items: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> None:
-        """Saves `items` ({'model': ..., 'opt': ...}) as the checkpoint of `step` (once per step)."""
+    def save(
+        self, step: int, items: Mapping[str, Any], meta: Mapping[str, Any] | None = None
+    ) -> None:
+        """Saves `items` ({'model': ..., 'opt': ...}) as the checkpoint of `step` (once)."""
         if step in self._latest.all_steps():
             return
         self._latest.save(step, args=_save_args(items, meta))
 
-    def save_if_best(self, step: int, items: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    def save_if_best(
+        self, step: int, items: Mapping[str, Any], metrics: Mapping[str, float]
+    ) -> None:
         """Keeps `items` under best/ when their mAP is the best seen so far."""
         best = self._best.best_step()
         if best is not None:
@@ -93,7 +99,7 @@ class Checkpoints:
         return dict(restored["meta"] or {})
 
     def restore_latest(self, targets: Mapping[str, Any]) -> tuple[int, dict] | None:
-        """(step, items) of the latest checkpoint shaped like `targets`, or None if there is none."""
+        """(step, items) of the latest checkpoint shaped like `targets`; None if none."""
         step = self._latest.latest_step()
         if step is None:
             return None
@@ -182,7 +188,9 @@ def read_config(directory: str | os.PathLike) -> dict | None:
     return None
 
 
-def check_compatible(saved: Mapping[str, Any] | None, current: Mapping[str, Any], where: str) -> None:
+def check_compatible(
+    saved: Mapping[str, Any] | None, current: Mapping[str, Any], where: str
+) -> None:
     """Raises a clear error when a saved run's model config differs from the current one."""
     if saved is None:
         return
@@ -194,7 +202,9 @@ def check_compatible(saved: Mapping[str, Any] | None, current: Mapping[str, Any]
                 if key in ("dtype", "remat"):  # compute-only: any value restores the same arrays
                     continue
                 if _normalise(old.get(key)) != _normalise(new.get(key)):
-                    differences.append(f"{field}.{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+                    differences.append(
+                        f"{field}.{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}"
+                    )
         elif old is not None and _normalise(old) != _normalise(new):
             differences.append(f"{field}: checkpoint {old!r}, now {new!r}")
     if differences:

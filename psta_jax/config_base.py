@@ -111,9 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(
         dict(label_smoothing=0.1, margin=0.3, triplet_distance="cosine")
     )
-    c.eval = ml_collections.ConfigDict(
-        dict(distance="cosine", rerank=False, max_rank=50)
-    )
+    c.eval = ml_collections.ConfigDict(dict(distance="cosine", rerank=False, max_rank=50))
 
     c.num_epochs = 500
     c.num_train_steps = -1  # > 0 overrides num_epochs (tests, quick runs)

@@ -28,8 +28,11 @@ def _prepare(config: ml_collections.ConfigDict):
     if config.dataset.synthetic:
         from psta_jax.datasets import synthetic
 
-        synthetic.ensure(datasets.raw_data_dir(config.dataset.name, config.data_dir,
-                                               config.dataset.raw_dir or None))
+        synthetic.ensure(
+            datasets.raw_data_dir(
+                config.dataset.name, config.data_dir, config.dataset.raw_dir or None
+            )
+        )
     return datasets.build(
         config.dataset.name,
         data_dir=config.data_dir,

@@ -23,7 +23,9 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
 _DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "off", ["off", "auto"],
+    "distributed",
+    "off",
+    ["off", "auto"],
     "'auto': let JAX detect the cluster (Cloud TPU, SLURM, Open MPI, ...) and initialise.",
 )
 _CPU_DEVICES = flags.DEFINE_integer(
@@ -54,7 +56,9 @@ def initialize(
     if any(v is not None for v in explicit):
         missing = [
             name
-            for name, v in zip(("coordinator_address", "num_processes", "process_id"), explicit, strict=True)
+            for name, v in zip(
+                ("coordinator_address", "num_processes", "process_id"), explicit, strict=True
+            )
             if v is None
         ]
         if missing:
@@ -69,16 +73,22 @@ def initialize(
             num_processes=num_processes,
             process_id=process_id,
         )
-        logging.info("joined %s as process %d of %d", coordinator_address, process_id, num_processes)
+        logging.info(
+            "joined %s as process %d of %d", coordinator_address, process_id, num_processes
+        )
     elif auto:
         jax.distributed.initialize()
 
 
 def initialize_from_flags() -> None:
     initialize(
-        coordinator_address=_COORDINATOR.value or os.environ.get("PSTA_COORDINATOR_ADDRESS") or None,
+        coordinator_address=_COORDINATOR.value
+        or os.environ.get("PSTA_COORDINATOR_ADDRESS")
+        or None,
         num_processes=_NUM_PROCESSES.value or _env_int("PSTA_NUM_PROCESSES"),
-        process_id=_PROCESS_ID.value if _PROCESS_ID.value is not None else _env_int("PSTA_PROCESS_ID"),
+        process_id=_PROCESS_ID.value
+        if _PROCESS_ID.value is not None
+        else _env_int("PSTA_PROCESS_ID"),
         auto=_DISTRIBUTED.value == "auto",
         cpu_devices=_CPU_DEVICES.value or _env_int("PSTA_CPU_DEVICES"),
     )

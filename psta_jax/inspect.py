@@ -45,12 +45,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from psta_jax import checkpointing, data, evaluation, input_pipeline, steps
-from psta_jax.models import build_model, capture_attention
+from psta_jax.models import PSTA, build_model, capture_attention
 
 RESULT_FILES = ("results.json", "eval_results.json")
 TABLE_STEM = "ablation_table"
 AGGREGATION_LETTERS = {"pyramid": "P", "adjacent": "A", "global": "G", "none": "-"}
 DISTRACTOR_PID = 0
+EXACT_TSNE_POINTS = 1000
 
 # ----------------------------------------------------------------------------- runs
 
@@ -84,20 +85,20 @@ class Run:
         return steps.TrainState(step=np.int32(self.step), params=self.params,
                                 model_state=self.model_state, opt_state=())
 
-    def model(self):
+    def model(self) -> PSTA:
         """The eval-mode PSTA (a fresh module sharing this run's arrays)."""
         return nnx.merge(self.graphs.eval, self.params, self.model_state)
 
     @functools.cached_property
     def embed_fn(self) -> Callable:
-        """Jitted (params, model_state, clips (B, T, H, W, 3)) -> (B, feature_dim)."""
-        return steps.compile_embed(self.graphs, self.mesh)
+        """Jitted (params, model_state, pipeline clips (B, T, H, W, 3)) -> (B, feature_dim)."""
+        return steps.compile_embed(self.graphs, self.mesh, prepare_clips(self.config))
 
     @functools.cached_property
     def attention_fn(self) -> Callable:
         """Jitted (params, model_state, clips) -> (activation (B, T, h, w), {path: spatial
         maps (B, P, 2, h, w)}) of every STAM."""
-        return _attention_program(self.graphs)
+        return _attention_program(self.graphs, prepare_clips(self.config))
 
     @functools.cached_property
     def features(self) -> dict[str, dict[str, np.ndarray]]:
@@ -114,6 +115,13 @@ class Run:
             raise ValueError(f"run {self.name!r} was loaded without its dataset; "
                              "use load_run(..., load_data=True)")
         return self.splits
+
+
+def prepare_clips(config: ml_collections.ConfigDict) -> steps.PrepareClips | None:
+    """What turns the eval pipeline's clips into model inputs on the device (None: as is)."""
+    if data.eval_pipeline_config(config).uint8_clips:
+        return data.prepare_eval_clips(config)
+    return None
 
 
 def effective_aggregation(model_config: Mapping) -> str:
@@ -155,7 +163,7 @@ def load_run(workdir: str | os.PathLike, *, name: str | None = None, load_data: 
     The model is built abstractly (no initialisers run) and filled from the checkpoint.
     `splits` reuses already-loaded dataset splits; else `load_data` opens them.
     """
-    workdir = epath.Path(workdir)
+    workdir = _absolute(workdir)
     config, num_classes = read_run_config(workdir)
     abstract = nnx.eval_shape(lambda: build_model(config.model, num_classes, nnx.Rngs(0)))
     graphs, params, model_state = steps.split_model(abstract)
@@ -169,6 +177,11 @@ def load_run(workdir: str | os.PathLike, *, name: str | None = None, load_data: 
                num_classes=num_classes, step=step, graphs=graphs,
                params=variables["params"], model_state=variables["model_state"],
                results=read_results(workdir), mesh=mesh, splits=splits)
+
+
+def _absolute(path: str | os.PathLike) -> epath.Path:
+    """Local paths made absolute (Orbax restores only from absolute paths); URLs as given."""
+    return epath.Path(path if "://" in os.fspath(path) else os.path.abspath(path))
 
 
 def load_runs(workdirs: Sequence[str | os.PathLike], *, load_data: bool = True) -> list[Run]:
@@ -199,7 +212,8 @@ def _unique_name(name: str, taken: set[str]) -> str:
 
 def tracklet_clip(store: input_pipeline.TrackletStore, position: int,
                   config: ml_collections.ConfigDict) -> np.ndarray:
-    """The first evaluation clip of tracklet `position`, as the model sees it: (T, H, W, 3)."""
+    """The first evaluation clip of tracklet `position` as the eval pipeline yields it
+    (T, H, W, 3) (uint8 or normalised float, see prepare_clips)."""
     _check_position(store, position)
     start, stop = int(store.offsets[position]), int(store.offsets[position + 1])
     single = input_pipeline.TrackletStore(
@@ -215,7 +229,9 @@ def tracklet_clip(store: input_pipeline.TrackletStore, position: int,
 
 
 def display_frames(clip: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
-    """Undoes the pipeline's normalisation: (T, H, W, 3) float -> uint8 for display."""
+    """A pipeline clip (T, H, W, 3) as uint8 for display (undoes float normalisation)."""
+    if np.asarray(clip).dtype == np.uint8:
+        return np.asarray(clip)
     pipeline = data.eval_pipeline_config(config)
     frames = np.asarray(clip, np.float32)
     if pipeline.normalize:
@@ -260,7 +276,8 @@ class ModelCost:
 
 @dataclasses.dataclass(frozen=True)
 class TableRow:
-    """One row of Tables 1/2: structure flags (None: no STAM), metrics in %, measured cost."""
+    """One row of Tables 1/2: structure flags (None: no STAM), metrics in %, cost measured
+    with batches of `batch_size` clips."""
 
     run: str
     ablation: str
@@ -274,6 +291,7 @@ class TableRow:
     clips_per_second: float
     params: int
     gflops_per_clip: float
+    batch_size: int
     checkpoint_step: int
 
 
@@ -295,14 +313,11 @@ def measure_cost(run: Run, *, batch_size: int | None = None, repeats: int = 3) -
     if batch_size % run.mesh.size:
         raise ValueError(f"batch_size {batch_size} must be a multiple of the "
                          f"{run.mesh.size} devices")
-    model = run.config.model
-    shape = (batch_size, int(model.seq_len), *map(int, model.image_size), 3)
-    dtype = jnp.dtype(model.dtype)
+    clips = random_clips(run.config, batch_size)
     compiled = run.embed_fn.lower(
-        run.params, run.model_state, jax.ShapeDtypeStruct(shape, dtype)).compile()
+        run.params, run.model_state, jax.ShapeDtypeStruct(clips.shape, clips.dtype)).compile()
     flops = xla_flops(compiled.cost_analysis())
-    clips = jax.device_put(np.random.default_rng(0).standard_normal(shape).astype(dtype),
-                           steps.data_sharded(run.mesh))
+    clips = jax.device_put(clips, steps.data_sharded(run.mesh))
     jax.block_until_ready(compiled(run.params, run.model_state, clips))
     best = math.inf
     for _ in range(repeats):
@@ -311,6 +326,16 @@ def measure_cost(run: Run, *, batch_size: int | None = None, repeats: int = 3) -
         best = min(best, time.perf_counter() - start)
     return ModelCost(params=steps.count_trainable(run.params), flops_per_clip=flops / batch_size,
                      clips_per_second=batch_size / best, batch_size=batch_size)
+
+
+def random_clips(config: ml_collections.ConfigDict, batch_size: int) -> np.ndarray:
+    """Random clips shaped and typed as the eval pipeline's batches (B, T, H, W, 3)."""
+    pipeline = data.eval_pipeline_config(config)
+    shape = (batch_size, pipeline.seq_len, *pipeline.image_size, 3)
+    rng = np.random.default_rng(0)
+    if pipeline.uint8_clips:
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.standard_normal(shape).astype(pipeline.dtype)
 
 
 def xla_flops(cost_analysis) -> float:
@@ -346,6 +371,7 @@ def table_row(run: Run, cost: ModelCost) -> TableRow:
         clips_per_second=cost.clips_per_second,
         params=cost.params,
         gflops_per_clip=cost.flops_per_clip / 1e9,
+        batch_size=cost.batch_size,
         checkpoint_step=run.step,
     )
 
@@ -455,9 +481,12 @@ def maps_per_frame(aggregation: str, stage: int, maps: np.ndarray, seq_len: int)
     raise ValueError(f"no STAM maps for aggregation {aggregation!r}")
 
 
-def _attention_program(graphs: steps.ModelGraphs) -> Callable:
+def _attention_program(graphs: steps.ModelGraphs,
+                       prepare: steps.PrepareClips | None) -> Callable:
     def forward(params, model_state, clips):
         model = nnx.merge(graphs.eval, params, model_state)
+        if prepare is not None:
+            clips = prepare(clips, None)
         activation = jnp.mean(model.frame_maps(clips), axis=-1, dtype=jnp.float32)
         _, intermediates = capture_attention(model, clips)
         sown = {path: variable.get_value()
@@ -502,8 +531,8 @@ def plot_attention(maps: AttentionMaps, *, title: str = "",
     """
     rows = [("frames", None), ("activation", maps.activation)]
     for stage, stage_maps in enumerate(maps.stages, start=1):
-        rows += [(f"stage {stage} {kind.upper()}", values)
-                 for kind, values in sorted(stage_maps.items(), reverse=True)]
+        rows += [(f"stage {stage} {kind.upper()}", stage_maps[kind])
+                 for kind in ("sra", "tra") if kind in stage_maps]
     num_frames = maps.frames.shape[0]
     height, width = maps.frames.shape[1:3]
     cell = 1.1
@@ -617,7 +646,8 @@ def retrieve(run: Run, query: int, top_k: int = 5) -> list[RetrievalEntry]:
 MATCH_COLOURS = {True: "tab:green", False: "tab:red"}
 
 
-def plot_retrieval(query_frames: Sequence[np.ndarray], ranked_frames: Sequence[Sequence[np.ndarray]],
+def plot_retrieval(query_frames: Sequence[np.ndarray],
+                   ranked_frames: Sequence[Sequence[np.ndarray]],
                    entries: Sequence[RetrievalEntry], *, query_label: str = "query",
                    title: str = "", path: str | os.PathLike | None = None) -> Figure:
     """Figure 5: the query tracklet, then one row per ranked tracklet framed green (true
@@ -680,11 +710,20 @@ def choose_identities(pids: np.ndarray, count: int) -> np.ndarray:
     return np.sort(ids[order])
 
 
+def default_identities(run: Run, count: int = 10) -> np.ndarray:
+    """choose_identities over a run's query and gallery tracklets."""
+    feats = run.features
+    return choose_identities(
+        np.concatenate([feats["query"]["pids"], feats["gallery"]["pids"]]), count)
+
+
 def tsne_points(features: np.ndarray, *, seed: int = 0,
                 perplexity: float | None = None) -> np.ndarray:
     """2-D t-SNE of L2-normalised features (N, D) -> (N, 2).
 
-    Default perplexity: min(30, (N - 1) / 3), which scikit-learn needs below N.
+    Default perplexity: min(30, (N - 1) / 3), which scikit-learn needs below N. Up to
+    EXACT_TSNE_POINTS points use exact gradients: at figure sizes they are faster than
+    Barnes-Hut (whose threads crawl on a busy CPU) and deterministic.
     """
     from sklearn.manifold import TSNE
 
@@ -696,8 +735,9 @@ def tsne_points(features: np.ndarray, *, seed: int = 0,
     perplexity = perplexity or min(30.0, (num - 1) / 3.0)
     if not 0 < perplexity < num:
         raise ValueError(f"perplexity must be in (0, {num}), got {perplexity}")
+    method = "exact" if num <= EXACT_TSNE_POINTS else "barnes_hut"
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                learning_rate="auto")
+                learning_rate="auto", method=method)
     return tsne.fit_transform(features).astype(np.float32)
 
 
@@ -732,7 +772,7 @@ def tsne_figure(run: Run, *, identities: Sequence[int] | None = None, count: int
     features = np.concatenate([feats["query"]["features"], feats["gallery"]["features"]])
     pids = np.concatenate([feats["query"]["pids"], feats["gallery"]["pids"]])
     if identities is None:
-        identities = choose_identities(pids, count)
+        identities = default_identities(run, count)
     chosen = np.isin(pids, np.asarray(identities))
     if not chosen.any():
         raise ValueError(f"none of the identities {list(identities)} is in run {run.name!r}")
@@ -800,8 +840,7 @@ def inspect_runs(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     out = pathlib.Path(out_dir)
     first = runs[0]
     query = default_query(first) if query is None else query
-    chosen = choose_identities(
-        np.concatenate([first.features[s]["pids"] for s in ("query", "gallery")]), identities)
+    chosen = default_identities(first, identities)
     for run in runs:
         made = {
             "attention": lambda p, r=run: attention_figure(r, query=query, path=p),
@@ -819,7 +858,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m psta_jax.inspect",
         description="Ablation table (paper Tables 1/2) and Figures 4-6 of trained workdirs.")
-    parser.add_argument("--workdirs", nargs="+", required=True, help="training workdirs")
+    parser.add_argument("--workdirs", nargs="+", required=True,
+                        help="training workdirs (relative data paths in their configs resolve "
+                             "from the current directory: the repository root for the demo)")
     parser.add_argument("--out", required=True, help="output folder for the table and PNGs")
     parser.add_argument("--no_figures", action="store_true", help="write the table only")
     parser.add_argument("--query", type=int, default=None,

@@ -117,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         own, main_args = argv[:split], argv[split + 1 :]
     else:
         own, main_args = argv, []
-    parser = argparse.ArgumentParser(prog="python -m psta_jax.launch", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m psta_jax.launch", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--devices-per-process", type=int, default=1)
     parser.add_argument("--module", default="psta_jax.main", help="module each process runs")

@@ -47,7 +47,10 @@ def main(argv: list[str]) -> None:
     tf.config.set_visible_devices([], "GPU")  # tf.data only; accelerators belong to JAX
     logging.info(
         "JAX process %d/%d, %d local / %d global devices (%s)",
-        jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
         jax.devices()[0].platform,
     )
     config = FLAGS.config

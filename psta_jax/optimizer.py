@@ -22,7 +22,7 @@ def learning_rate_schedule(
 
     With e = step // steps_per_epoch (the 0-based epoch):
     lr(e) = base * w(e) * gamma ** #{m in milestones : m <= e}, where
-    w(e) = warmup_factor * (1 - e / warmup_epochs) + e / warmup_epochs for e < warmup_epochs, else 1.
+    w(e) = warmup_factor * (1 - e / W) + e / W for e < W = warmup_epochs, else 1.
     """
     if steps_per_epoch <= 0:
         raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
@@ -32,13 +32,11 @@ def learning_rate_schedule(
         epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
         if warmup_epochs > 0:
             alpha = epoch.astype(jnp.float32) / warmup_epochs
-            warmup = jnp.where(
-                epoch < warmup_epochs, warmup_factor * (1.0 - alpha) + alpha, 1.0
-            )
+            warmup = jnp.where(epoch < warmup_epochs, warmup_factor * (1.0 - alpha) + alpha, 1.0)
         else:
             warmup = 1.0
         decays = jnp.sum(milestone_array <= epoch) if milestones else 0
-        return base_learning_rate * warmup * gamma ** decays
+        return base_learning_rate * warmup * gamma**decays
 
     return schedule
 

@@ -195,7 +195,11 @@ def compile_train_step(
     prepare_clips: PrepareClips | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict]]:
     step = functools.partial(
-        train_step, graphs=graphs, tx=tx, num_classes=num_classes, loss_config=loss_config,
+        train_step,
+        graphs=graphs,
+        tx=tx,
+        num_classes=num_classes,
+        loss_config=loss_config,
         prepare_clips=prepare_clips,
     )
     return jax.jit(
@@ -255,7 +259,10 @@ def extract_features(
     split, in the order batches arrive (all processes see the same global arrays).
     """
     gathered: dict[str, list[np.ndarray]] = {
-        "features": [], "tracklet_ids": [], "pids": [], "camids": []
+        "features": [],
+        "tracklet_ids": [],
+        "pids": [],
+        "camids": [],
     }
     for batch in batches:
         clips = shard_batch({"clips": batch["clips"]}, mesh)["clips"]

@@ -18,6 +18,28 @@ from psta_jax import checkpointing, data, evaluation, optimizer, steps
 from psta_jax.models import build_model
 
 RESULTS_FILE = "results.json"
+METRICS_FILE = "metrics.jsonl"  # every logged scalar, one JSON object per line (process 0)
+
+
+class ScalarLog:
+    """Writes scalars to TensorBoard (clu) and, on process 0, to workdir/metrics.jsonl."""
+
+    def __init__(self, workdir: epath.Path):
+        self.is_main = jax.process_index() == 0
+        self.writer = metric_writers.create_default_writer(
+            os.fspath(workdir), just_logging=not self.is_main
+        )
+        self.path = workdir / METRICS_FILE
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        self.writer.write_scalars(step, scalars)
+        if self.is_main:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}))
+                f.write("\n")
+
+    def flush(self) -> None:
+        self.writer.flush()
 
 
 def _config_facts(config: ml_collections.ConfigDict, num_classes: int) -> dict:
@@ -36,7 +58,8 @@ def _load_pretrained(model, config: ml_collections.ConfigDict) -> None:
             "\n%s\nWARNING: training the full ResNet-50 from RANDOM weights (config.pretrained is "
             "empty).\nThe paper's numbers need torchvision's ImageNet weights: "
             "--config.pretrained=/path/to/resnet50-0676ba61.pth\n%s",
-            banner, banner,
+            banner,
+            banner,
         )
 
 
@@ -53,10 +76,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     num_classes = train_data.num_identities
     steps_per_epoch = train_data.steps_per_epoch
     total_steps = (
-        config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+        config.num_train_steps
+        if config.num_train_steps > 0
+        else config.num_epochs * steps_per_epoch
     )
-    checkpoint_every = _every(config.checkpoint_every_steps, config.checkpoint_every_epochs,
-                              steps_per_epoch)
+    checkpoint_every = _every(
+        config.checkpoint_every_steps, config.checkpoint_every_epochs, steps_per_epoch
+    )
     eval_every = _every(config.eval_every_steps, config.eval_every_epochs, steps_per_epoch)
 
     checkpointing.check_compatible(
@@ -80,8 +106,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         graphs, tx, num_classes, config.loss, mesh, data.prepare_train_clips(config)
     )
     embed_fn = steps.compile_embed(graphs, mesh, data.prepare_eval_clips(config))
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    log = ScalarLog(workdir_path)
+    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=log.writer)
     start_step = int(state.step)
     batches = train_data.iterator(seed=config.seed, start_step=start_step)
     timer = steps.StepTimer(clips_per_step=train_data.global_batch_size)
@@ -95,17 +121,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         progress(step)
         is_last = step == total_steps
         if step % config.log_every_steps == 0 or is_last or step % checkpoint_every == 0:
-            _write_train_metrics(writer, step, pending, schedule, timer)
+            _write_train_metrics(log, step, pending, schedule, timer)
             pending = []
         if step % eval_every == 0 or is_last:
             metrics = evaluate(config, splits, embed_fn, state, mesh)
-            writer.write_scalars(step, _scalar_metrics(metrics))
+            log.write(step, _scalar_metrics(metrics))
             checkpoints.save_if_best(step, _items(state), {"mAP": metrics["mAP"], "step": step})
         if step % checkpoint_every == 0 or is_last:
             checkpoints.save(step, _items(state), {"step": step})
     checkpoints.wait()
     checkpoints.close()
-    writer.flush()
+    log.flush()
     if not metrics:  # resumed a finished run: evaluate what it left
         metrics = evaluate(config, splits, embed_fn, state, mesh)
     if is_main:
@@ -135,7 +161,7 @@ def _with_restored(state: steps.TrainState, items: Mapping, mesh) -> steps.Train
     return jax.device_put(restored, steps.replicated(mesh))
 
 
-def _write_train_metrics(writer, step: int, pending: list[dict], schedule, timer) -> None:
+def _write_train_metrics(log: ScalarLog, step: int, pending: list[dict], schedule, timer) -> None:
     host = jax.device_get(pending)
     finite = np.array([m["finite"] for m in host])
     if not finite.all():
@@ -147,7 +173,7 @@ def _write_train_metrics(writer, step: int, pending: list[dict], schedule, timer
     means = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
     means["learning_rate"] = float(schedule(step - 1))
     means["clips_per_second"] = timer.rate()
-    writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+    log.write(step, {f"train/{k}": v for k, v in means.items()})
 
 
 def _scalar_metrics(metrics: Mapping) -> dict[str, float]:
@@ -159,8 +185,12 @@ def evaluate(config, splits, embed_fn, state: steps.TrainState, mesh) -> dict:
     query = data.extract_tracklet_features(splits.query, config, embed_fn, state, mesh)
     gallery = data.extract_tracklet_features(splits.gallery, config, embed_fn, state, mesh)
     result = evaluation.evaluate(
-        query["features"], gallery["features"],
-        query["pids"], gallery["pids"], query["camids"], gallery["camids"],
+        query["features"],
+        gallery["features"],
+        query["pids"],
+        gallery["pids"],
+        query["camids"],
+        gallery["camids"],
         protocol=config.dataset.protocol,
         distance=config.eval.distance,
         rerank=config.eval.rerank,
@@ -177,7 +207,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     saved = checkpointing.read_config(checkpointing.resolve_model_checkpoint(source)[0])
     mesh = steps.make_mesh()
     splits = data.open_dataset(config)
-    num_classes = (saved or {}).get("num_classes") or data.TrainData(splits.train, config).num_identities
+    num_classes = (saved or {}).get("num_classes") or data.TrainData(
+        splits.train, config
+    ).num_identities
     checkpointing.check_compatible(saved, _config_facts(config, num_classes), str(source))
     model = build_model(config.model, num_classes, nnx.Rngs(config.seed))
     graphs, params, model_state = steps.split_model(model)
@@ -185,7 +217,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         source, {"params": params, "model_state": model_state}
     )
     state = steps.TrainState(
-        step=np.int32(step), params=variables["params"], model_state=variables["model_state"],
+        step=np.int32(step),
+        params=variables["params"],
+        model_state=variables["model_state"],
         opt_state=(),
     )
     state = jax.device_put(state, steps.replicated(mesh))
@@ -198,4 +232,3 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval_results.json").write_text(json.dumps(metrics, indent=2))
     return metrics
-

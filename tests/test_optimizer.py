@@ -22,9 +22,19 @@ def _schedule(steps_per_epoch=3):
 
 @pytest.mark.parametrize(
     "epoch, expected",
-    [(0, 3.5e-6), (5, 3.5e-4 * (0.01 * 0.5 + 0.5)), (10, 3.5e-4), (69, 3.5e-4), (70, 1.05e-4),
-     (139, 1.05e-4), (140, 3.15e-5), (210, 9.45e-6), (310, 2.835e-6), (410, 8.505e-7),
-     (499, 8.505e-7)],
+    [
+        (0, 3.5e-6),
+        (5, 3.5e-4 * (0.01 * 0.5 + 0.5)),
+        (10, 3.5e-4),
+        (69, 3.5e-4),
+        (70, 1.05e-4),
+        (139, 1.05e-4),
+        (140, 3.15e-5),
+        (210, 9.45e-6),
+        (310, 2.835e-6),
+        (410, 8.505e-7),
+        (499, 8.505e-7),
+    ],
 )
 def test_schedule_matches_release_values(epoch, expected):
     schedule = _schedule(steps_per_epoch=3)
@@ -35,8 +45,13 @@ def test_schedule_matches_release_values(epoch, expected):
 def test_schedule_rejects_empty_epochs():
     with pytest.raises(ValueError, match="steps_per_epoch"):
         optimizer.learning_rate_schedule(
-            base_learning_rate=1.0, steps_per_epoch=0, warmup_epochs=0, warmup_factor=1.0,
-            milestones=(), gamma=0.1)
+            base_learning_rate=1.0,
+            steps_per_epoch=0,
+            warmup_epochs=0,
+            warmup_factor=1.0,
+            milestones=(),
+            gamma=0.1,
+        )
 
 
 def test_adam_with_coupled_decay_equals_torch():

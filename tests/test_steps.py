@@ -46,21 +46,28 @@ def test_step_minimises_release_loss_with_coupled_adam(setup):
 
     def release_loss(model):
         out = model(jnp.asarray(batch["clips"]))
-        return losses.psta_loss(out.logits, out.features, jnp.asarray(batch["labels"]),
-                                num_classes=NUM_CLASSES)[0]
+        return losses.psta_loss(
+            out.logits, out.features, jnp.asarray(batch["labels"]), num_classes=NUM_CLASSES
+        )[0]
 
     model = nnx.merge(graphs.train, *jax.tree.map(jnp.asarray, (params0, model_state0)))
-    expected_loss, grads = nnx.value_and_grad(
-        release_loss, argnums=nnx.DiffState(0, nnx.Param))(model)
+    expected_loss, grads = nnx.value_and_grad(release_loss, argnums=nnx.DiffState(0, nnx.Param))(
+        model
+    )
     new_state, metrics = step(jax.tree.map(jnp.copy, state), steps.shard_batch(batch, mesh))
     np.testing.assert_allclose(float(metrics["loss"]), float(expected_loss), rtol=1e-5)
     assert float(metrics["finite"]) == 1.0
 
     # Adam's first step: -lr * g' / (|g'| + eps) with g' = g + weight_decay * param.
-    lr, wd, eps = config.optimizer.learning_rate, config.optimizer.weight_decay, config.optimizer.eps
+    lr, wd, eps = (
+        config.optimizer.learning_rate,
+        config.optimizer.weight_decay,
+        config.optimizer.eps,
+    )
     new_params = steps.tree_to_host(new_state.params)
-    for p0, g, p1 in zip(jax.tree.leaves(params0), jax.tree.leaves(grads),
-                         jax.tree.leaves(new_params), strict=True):
+    for p0, g, p1 in zip(
+        jax.tree.leaves(params0), jax.tree.leaves(grads), jax.tree.leaves(new_params), strict=True
+    ):
         coupled = np.asarray(g) + wd * np.asarray(p0)
         expected = np.asarray(p0) - lr * coupled / (np.abs(coupled) + eps)
         # Where g' is float noise (e.g. the bias of a near-uniform classifier) its sign is too.
@@ -80,8 +87,9 @@ def test_non_finite_loss_keeps_the_state(setup):
     assert float(metrics["finite"]) == 0.0
     for x, y in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params), strict=True):
         np.testing.assert_array_equal(x, np.asarray(y))
-    for x, y in zip(jax.tree.leaves(before.model_state), jax.tree.leaves(after.model_state),
-                    strict=True):
+    for x, y in zip(
+        jax.tree.leaves(before.model_state), jax.tree.leaves(after.model_state), strict=True
+    ):
         np.testing.assert_array_equal(x, np.asarray(y))
 
 
@@ -90,8 +98,14 @@ def test_four_devices_equal_one_device():
     (loss, gradients as SGD updates, new parameters and BatchNorm statistics)."""
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-m", "tests.helpers.multidevice_step"], cwd=REPO_ROOT,
-                         env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.multidevice_step"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(report["loss_4"], report["loss_1"], rtol=1e-5)

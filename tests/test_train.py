@@ -10,12 +10,11 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from psta_jax import checkpointing, steps, train
 from tests.conftest import REPO_ROOT
-from tests.helpers.tiny import tiny_run_config
+from tests.helpers.tiny import restore_saved_params, tiny_run_config
 
 pytestmark = pytest.mark.xdist_group("train_e2e")
 
@@ -23,18 +22,23 @@ TOTAL_STEPS = 6
 
 
 def _main(workdir, data_dir, *flags, presets="", timeout=900, wait=True):
-    cmd = [sys.executable, "-m", "psta_jax.main",
-           f"--config=tests/helpers/tiny_config.py:{data_dir}{',' + presets if presets else ''}",
-           f"--workdir={workdir}", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "psta_jax.main",
+        f"--config=tests/helpers/tiny_config.py:{data_dir}{',' + presets if presets else ''}",
+        f"--workdir={workdir}",
+        *flags,
+    ]
     if not wait:
-        return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def _params(workdir, step):
-    path = os.path.join(workdir, checkpointing.LATEST_DIR, str(step), "model")
-    return ocp.StandardCheckpointer().restore(path)["params"]
+    return restore_saved_params(workdir, step)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,9 @@ def data_dir(tmp_path_factory):
 def finished_run(data_dir, tmp_path_factory):
     """An uninterrupted run of TOTAL_STEPS steps, checkpointing every 2 steps."""
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    config = tiny_run_config(data_dir, num_train_steps=TOTAL_STEPS, checkpoint_every_steps=2,
-                             eval_every_steps=4)
+    config = tiny_run_config(
+        data_dir, num_train_steps=TOTAL_STEPS, checkpoint_every_steps=2, eval_every_steps=4
+    )
     metrics = train.train_and_evaluate(config, workdir)
     return workdir, metrics
 
@@ -70,8 +75,11 @@ def test_run_writes_checkpoints_logs_and_results(finished_run):
 def test_killed_run_resumes_to_the_same_parameters(finished_run, data_dir, tmp_path):
     reference_dir, _ = finished_run
     workdir = str(tmp_path / "killed")
-    flags = [f"--config.num_train_steps={TOTAL_STEPS}", "--config.checkpoint_every_steps=2",
-             "--config.eval_every_steps=4"]
+    flags = [
+        f"--config.num_train_steps={TOTAL_STEPS}",
+        "--config.checkpoint_every_steps=2",
+        "--config.eval_every_steps=4",
+    ]
     proc = _main(workdir, data_dir, *flags, wait=False)
     first_checkpoint = os.path.join(workdir, "checkpoints", "2")
     deadline = time.monotonic() + 600
@@ -92,8 +100,12 @@ def test_killed_run_resumes_to_the_same_parameters(finished_run, data_dir, tmp_p
 
 def test_evaluate_mode_reproduces_the_final_metrics(finished_run, data_dir):
     workdir, metrics = finished_run
-    out = _main(workdir, data_dir, "--config.mode=evaluate",
-                f"--config.checkpoint={os.path.join(workdir, checkpointing.LATEST_DIR)}")
+    out = _main(
+        workdir,
+        data_dir,
+        "--config.mode=evaluate",
+        f"--config.checkpoint={os.path.join(workdir, checkpointing.LATEST_DIR)}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     evaluated = json.loads(open(os.path.join(workdir, "eval_results.json")).read())
     assert evaluated["checkpoint_step"] == TOTAL_STEPS
@@ -112,27 +124,29 @@ def test_incompatible_checkpoint_is_a_clear_error(finished_run, data_dir, tmp_pa
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, data_dir,
-                                                                   tmp_path):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, data_dir, tmp_path):
     workdir = str(tmp_path / "nan")
     shutil.copytree(finished_run[0], workdir)
     good = _params(workdir, TOTAL_STEPS)
-    config = tiny_run_config(data_dir, num_train_steps=TOTAL_STEPS + 4, checkpoint_every_steps=2,
-                             eval_every_steps=100)
+    config = tiny_run_config(
+        data_dir, num_train_steps=TOTAL_STEPS + 4, checkpoint_every_steps=2, eval_every_steps=100
+    )
     config.optimizer.learning_rate = 1e30
     config.optimizer.warmup_epochs = 0
     with pytest.raises(steps.NonFiniteLossError, match="non-finite"):
         train.train_and_evaluate(config, workdir)
     saved = sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")))
     assert saved[-1] == TOTAL_STEPS
-    for x, y in zip(jax.tree.leaves(good), jax.tree.leaves(_params(workdir, TOTAL_STEPS)),
-                    strict=True):
+    for x, y in zip(
+        jax.tree.leaves(good), jax.tree.leaves(_params(workdir, TOTAL_STEPS)), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_an_ablation_config_trains(data_dir, tmp_path):
-    out = _main(str(tmp_path / "baseline"), data_dir, "--config.num_train_steps=2",
-                presets="baseline")
+    out = _main(
+        str(tmp_path / "baseline"), data_dir, "--config.num_train_steps=2", presets="baseline"
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(open(tmp_path / "baseline" / train.RESULTS_FILE).read())
     assert np.isfinite(results["mAP"])

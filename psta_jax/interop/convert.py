@@ -25,7 +25,8 @@ from psta_jax.models import MODEL_FIELDS
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Release checkpoint (.pth) to convert.")
 _OUT = flags.DEFINE_string("out", None, "Output directory (must not exist or be empty).")
 config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mars.py"),
+    "config",
+    os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mars.py"),
     "Config whose model section describes the checkpoint's network.",
 )
 
@@ -43,8 +44,9 @@ def convert(source, out: str | os.PathLike, config: ml_collections.ConfigDict) -
     _, params, model_state = steps.split_model(model)
     manager = checkpointing.Checkpoints(out, max_to_keep=1, async_save=False)
     origin = os.fspath(source) if isinstance(source, str | os.PathLike) else "<mapping>"
-    manager.save(0, {"model": {"params": params, "model_state": model_state}},
-                 {"converted_from": origin})
+    manager.save(
+        0, {"model": {"params": params, "model_state": model_state}}, {"converted_from": origin}
+    )
     manager.wait()
     manager.close()
     checkpointing.write_config(out, config, num_classes=num_classes, converted_from=origin)

@@ -63,6 +63,23 @@ def _input_grad(grad_out: jax.Array, kernel: jax.Array, stride: int, padding: in
     if kh == kw == 1:  # a matmul, then the scatter (nothing to scatter at stride 1)
         grad_in = jnp.einsum("nhwo,io->nhwi", grad_out, kernel[0, 0])
         return jax.lax.pad(grad_in, zero, ((0, 0, 0), pad_h, pad_w, (0, 0, 0)))
+    if stride > 1:
+        # col2im: one matmul to patch gradients, then each tap's slice is scattered onto
+        # the stride grid and summed (a correlation over the dilated gradient would
+        # spend stride**2 times the FLOPs on zeros).
+        cin = kernel.shape[2]
+        grad_patches = jnp.einsum("nhwo,ko->nhwk", grad_out,
+                                  kernel.reshape(kh * kw * cin, -1))
+        grad_in = None
+        for tap in range(kh * kw):
+            i, j = divmod(tap, kw)
+            # tap (i, j) of output (r, c) reads input (s*r + i - padding, s*c + j - padding)
+            tap_h = (i - padding, in_size[0] - 1 - (stride * (ho - 1) + i - padding), stride - 1)
+            tap_w = (j - padding, in_size[1] - 1 - (stride * (wo - 1) + j - padding), stride - 1)
+            part = jax.lax.pad(grad_patches[..., tap * cin:(tap + 1) * cin], zero,
+                               ((0, 0, 0), tap_h, tap_w, (0, 0, 0)))
+            grad_in = part if grad_in is None else grad_in + part
+        return grad_in
     dilated = jax.lax.pad(grad_out, zero, ((0, 0, 0), pad_h, pad_w, (0, 0, 0)))
     flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
     return _xla_conv(dilated, flipped, 1, 0)

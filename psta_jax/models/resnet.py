@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from psta_jax.models.conv import Conv
+
 BN_MOMENTUM = 0.9  # Flax convention; PyTorch's momentum 0.1
 BN_EPSILON = 1e-5
 
@@ -61,20 +63,9 @@ def conv(
     param_dtype,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """Bias-free conv with PyTorch's symmetric padding (kernel_size // 2)."""
-    pad = kernel_size // 2
-    return nnx.Conv(
-        in_features,
-        out_features,
-        (kernel_size, kernel_size),
-        strides=stride,
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        kernel_init=conv_init,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
+    """Bias-free conv with PyTorch's symmetric padding (kernel_size // 2); see conv.py."""
+    return Conv(in_features, out_features, kernel_size, stride=stride, kernel_init=conv_init,
+                dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class Downsample(nnx.Module):

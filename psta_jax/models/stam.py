@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from psta_jax.models.conv import Conv
+
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
@@ -111,11 +113,8 @@ class ConvBN(nnx.Module):
     def __init__(self, in_features: int, out_features: int, *, kernel_size: int = 1,
                  activation: str | None = "relu", kernel_init=conv_init,
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        pad = kernel_size // 2
-        self.conv = nnx.Conv(in_features, out_features, (kernel_size, kernel_size),
-                             padding=((pad, pad), (pad, pad)), use_bias=False,
-                             kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype,
-                             rngs=rngs)
+        self.conv = Conv(in_features, out_features, kernel_size, kernel_init=kernel_init,
+                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.bn = BatchNorm(out_features, dtype=dtype, param_dtype=param_dtype)
         self.activation = activation
 

@@ -36,8 +36,10 @@ def run(mesh, batch, model_config, num_classes):
 
 def max_relative(a, b):
     """|a - b| / |b| over the whole tree (global L2 norms)."""
-    diff = sum(float(np.sum((x - y) ** 2)) for x, y in
-               zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    diff = sum(
+        float(np.sum((x - y) ** 2))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
     norm = sum(float(np.sum(y**2)) for y in jax.tree.leaves(b))
     return (diff / max(norm, 1e-30)) ** 0.5
 

@@ -41,3 +41,21 @@ def tiny_run_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
     config.log_every_steps = 2
     config.update(overrides)
     return config
+
+
+def restore_saved_params(workdir: str, step: int) -> dict:
+    """The `params` saved at `step` of a workdir, on this process's first device, whatever
+    device topology wrote them."""
+    import os
+
+    import jax
+    import orbax.checkpoint as ocp
+
+    path = os.path.join(workdir, "checkpoints", str(step), "model")
+    checkpointer = ocp.StandardCheckpointer()
+    metadata = checkpointer.metadata(path).item_metadata
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata
+    )
+    return checkpointer.restore(path, target)["params"]

@@ -17,13 +17,13 @@ def release_like(tmp_path_factory):
     torch = pytest.importorskip("torch")
     model = nnx.eval_shape(lambda: build_model(tiny_model_config(), 7, nnx.Rngs(0)))
     rng = np.random.default_rng(0)
-    state = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32),
-                         nnx.state(model))
+    state = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), nnx.state(model))
     nnx.update(model, state)
     state_dict = export_state_dict(model)
     path = tmp_path_factory.mktemp("release") / "checkpoint_ep350.pth"
-    torch.save({"module." + k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()},
-               path)
+    torch.save(
+        {"module." + k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, path
+    )
     return model, path
 
 
@@ -38,11 +38,15 @@ def test_convert_then_restore_gives_the_release_weights(release_like, tmp_path):
     fresh = build_model(config.model, 7, nnx.Rngs(1))
     _, params, model_state = steps.split_model(fresh)
     step, restored = checkpointing.restore_model_variables(
-        out, {"params": params, "model_state": model_state})
+        out, {"params": params, "model_state": model_state}
+    )
     assert step == 0
     _, expected_params, expected_state = steps.split_model(model)
-    for x, y in zip(jax.tree.leaves((expected_params, expected_state)),
-                    jax.tree.leaves((restored["params"], restored["model_state"])), strict=True):
+    for x, y in zip(
+        jax.tree.leaves((expected_params, expected_state)),
+        jax.tree.leaves((restored["params"], restored["model_state"])),
+        strict=True,
+    ):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
