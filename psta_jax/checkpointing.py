@@ -35,6 +35,12 @@ class IncompatibleCheckpointError(ValueError):
     """A checkpoint was written by a run whose model does not match this config."""
 
 
+def _absolute(path: str | os.PathLike) -> epath.Path:
+    """Orbax needs absolute paths; local relative ones are made absolute (URLs kept)."""
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
@@ -53,7 +59,7 @@ class Checkpoints:
     def __init__(
         self, workdir: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True
     ):
-        self.workdir = epath.Path(workdir)
+        self.workdir = _absolute(workdir)
         self._latest = _manager(
             self.workdir / LATEST_DIR,
             max_to_keep=max_to_keep,
@@ -137,7 +143,7 @@ def _restore_items(
 def resolve_model_checkpoint(path: str | os.PathLike) -> tuple[epath.Path, int]:
     """Finds the checkpoint to evaluate under `path`: a workdir (its best, else latest), a
     `best/` or `checkpoints/` folder (its newest step) or one step folder."""
-    path = epath.Path(path)
+    path = _absolute(path)
     candidates = [path / BEST_DIR, path / LATEST_DIR, path]
     for directory in candidates:
         if not directory.is_dir():

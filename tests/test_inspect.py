@@ -1,4 +1,5 @@
-"""psta_jax.inspect: pure helpers, then two tiny trained runs through the CLI and the notebook."""
+"""psta_jax.inspection: pure helpers, then two tiny trained runs through the CLI
+(python -m psta_jax.inspect) and the notebook."""
 
 import csv
 import json
@@ -18,8 +19,7 @@ from flax import nnx
 from matplotlib.figure import Figure
 from PIL import Image
 
-from psta_jax import config_base, evaluation, train
-from psta_jax import inspect as inspection
+from psta_jax import config_base, evaluation, inspection, train
 from psta_jax.models import build_model
 from tests.conftest import REPO_ROOT
 from tests.helpers.tiny import tiny_run_config

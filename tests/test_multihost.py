@@ -123,7 +123,7 @@ def test_launcher_reports_a_killed_process(runs, tmp_path):
             "--processes",
             "2",
             "--devices-per-process",
-            "1",
+            "2",
             "--",
             *_flags(data_dir, workdir, steps=1000),
         ],

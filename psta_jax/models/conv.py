@@ -136,3 +136,49 @@ class Conv(nnx.Conv):
         batch_shape = x.shape[:-3]
         y = conv2d(x.reshape(-1, *x.shape[-3:]), kernel, self.stride, self.pad)
         return y.reshape(*batch_shape, *y.shape[1:])
+
+
+def _pool_taps(x: jax.Array, window: int, stride: int, padding: int,
+               out_size: tuple[int, int]) -> list[jax.Array]:
+    """The window*window strided views of x padded with -inf, each (N, Ho, Wo, C)."""
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+                constant_values=-jnp.inf)
+    ho, wo = out_size
+    return [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+            for i in range(window) for j in range(window)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
+    """PyTorch's MaxPool2d (square window, symmetric -inf padding): (N, H, W, C) ->
+    (N, Ho, Wo, C). Its gradient goes to the first maximum of each window in row-major
+    order, like PyTorch's, without XLA:CPU's slow select-and-scatter."""
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
+                                 (1, stride, stride, 1),
+                                 ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+
+def _max_pool_fwd(x, window, stride, padding):
+    y = max_pool(x, window, stride, padding)
+    return y, (x, y)
+
+
+def _max_pool_bwd(window, stride, padding, residuals, grad_out):
+    x, y = residuals
+    (h, w), (ho, wo) = x.shape[1:3], y.shape[1:3]
+    zero = jnp.zeros((), grad_out.dtype)
+    claimed = jnp.zeros(y.shape, bool)
+    grad_in = None
+    for tap, x_tap in enumerate(_pool_taps(x, window, stride, padding, (ho, wo))):
+        i, j = divmod(tap, window)
+        is_first_max = (x_tap == y) & ~claimed
+        claimed = claimed | is_first_max
+        tap_h = (i - padding, h - 1 - (stride * (ho - 1) + i - padding), stride - 1)
+        tap_w = (j - padding, w - 1 - (stride * (wo - 1) + j - padding), stride - 1)
+        part = jax.lax.pad(jnp.where(is_first_max, grad_out, zero), zero,
+                           ((0, 0, 0), tap_h, tap_w, (0, 0, 0)))
+        grad_in = part if grad_in is None else grad_in + part
+    return (grad_in,)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from psta_jax.models.conv import Conv
+from psta_jax.models.conv import Conv, max_pool
 
 BN_MOMENTUM = 0.9  # Flax convention; PyTorch's momentum 0.1
 BN_EPSILON = 1e-5
@@ -187,7 +187,7 @@ class ResNet(nnx.Module):
         chex.assert_axis_dimension(images, -1, 3)
         x = images.astype(self.dtype)
         x = nnx.relu(self.bn1(self.conv1(x)))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(x, window=3, stride=2, padding=1)
         call: Callable = nnx.remat(_call_block) if self.remat else _call_block
         for layer in self.layers:
             for block in layer:

@@ -1,0 +1,114 @@
+"""Figure 5: a query's top-k gallery tracklets with true/false matches marked."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from psta_jax import evaluation
+from psta_jax.inspection.plotting import finish, new_figure
+from psta_jax.inspection.runs import Run, default_query, protocol_gallery, tracklet_frames
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalEntry:
+    """A ranked gallery item: its split ('query' when the protocol appends queries)."""
+
+    rank: int
+    split: str
+    position: int
+    pid: int
+    camid: int
+    distance: float
+    match: bool
+
+
+def rank_gallery(distances: np.ndarray, q_pid: int, q_camid: int, g_pids: np.ndarray,
+                 g_camids: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `top_k` nearest gallery indices and whether each is a true match.
+
+    Gallery items of the query's identity seen by the query's camera are not ranked (the
+    standard video re-ID rule); ties keep gallery order.
+    """
+    distances = np.asarray(distances)
+    g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
+    if distances.ndim != 1 or distances.shape != g_pids.shape or g_pids.shape != g_camids.shape:
+        raise ValueError(f"expected distances, g_pids and g_camids of one shape (G,), got "
+                         f"{distances.shape}, {g_pids.shape}, {g_camids.shape}")
+    order = np.argsort(distances, kind="stable")
+    order = order[~((g_pids[order] == q_pid) & (g_camids[order] == q_camid))][:top_k]
+    return order, g_pids[order] == q_pid
+
+
+
+def retrieve(run: Run, query: int, top_k: int = 5) -> list[RetrievalEntry]:
+    """The top-k gallery tracklets of query tracklet `query` under the run's distance."""
+    queries, gallery = run.features["query"], protocol_gallery(run)
+    if not 0 <= query < len(queries["pids"]):
+        raise IndexError(f"query {query} out of range: {len(queries['pids'])} queries")
+    distances = evaluation.pairwise_distance(
+        queries["features"][query:query + 1], gallery["features"], run.config.eval.distance)[0]
+    order, matches = rank_gallery(distances, queries["pids"][query], queries["camids"][query],
+                                  gallery["pids"], gallery["camids"], top_k)
+    return [RetrievalEntry(rank=rank, split=str(gallery["split"][i]),
+                           position=int(gallery["position"][i]), pid=int(gallery["pids"][i]),
+                           camid=int(gallery["camids"][i]), distance=float(distances[i]),
+                           match=bool(match))
+            for rank, (i, match) in enumerate(zip(order, matches, strict=True), start=1)]
+
+
+MATCH_COLOURS = {True: "tab:green", False: "tab:red"}
+
+
+def plot_retrieval(query_frames: Sequence[np.ndarray],
+                   ranked_frames: Sequence[Sequence[np.ndarray]],
+                   entries: Sequence[RetrievalEntry], *, query_label: str = "query",
+                   title: str = "", path: str | os.PathLike | None = None) -> Figure:
+    """Figure 5: the query tracklet, then one row per ranked tracklet framed green (true
+    match, ✓) or red (false, ✗)."""
+    if len(ranked_frames) != len(entries):
+        raise ValueError(f"got {len(ranked_frames)} ranked tracklets for {len(entries)} entries")
+    rows = [(query_label, list(query_frames), "black")]
+    for entry, frames in zip(entries, ranked_frames, strict=True):
+        mark = "✓" if entry.match else "✗"
+        label = f"{mark} #{entry.rank} pid {entry.pid}\ncam {entry.camid} d={entry.distance:.3f}"
+        rows.append((label, list(frames), MATCH_COLOURS[entry.match]))
+    columns = max(len(frames) for _, frames, _ in rows)
+    fig = new_figure((1.0 * columns + 1.6, 1.9 * len(rows) + 0.4))
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    for row, (label, frames, colour) in enumerate(rows):
+        for column in range(columns):
+            ax = axes[row, column]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column >= len(frames):
+                ax.axis("off")
+                continue
+            ax.imshow(frames[column])
+            for spine in ax.spines.values():
+                spine.set_color(colour)
+                spine.set_linewidth(3)
+        axes[row, 0].set_ylabel(label, fontsize=7, color=colour)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return finish(fig, path)
+
+
+def retrieval_figure(run: Run, *, query: int | None = None, top_k: int = 5,
+                     frames_per_tracklet: int = 4,
+                     path: str | os.PathLike | None = None) -> Figure:
+    """Figure 5 for query tracklet `query` (default: default_query) of a run."""
+    splits = run.require_splits()
+    query = default_query(run) if query is None else query
+    entries = retrieve(run, query, top_k)
+    ranked = [tracklet_frames(getattr(splits, e.split), e.position, frames_per_tracklet)
+              for e in entries]
+    pid, camid = int(splits.query.pids[query]), int(splits.query.camids[query])
+    return plot_retrieval(
+        tracklet_frames(splits.query, query, frames_per_tracklet), ranked, entries,
+        query_label=f"query {query}\npid {pid} cam {camid}",
+        title=f"{run.name}: top-{len(entries)} of query {query}", path=path)
