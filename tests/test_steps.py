@@ -113,3 +113,23 @@ def test_four_devices_equal_one_device():
     assert report["updates"] < 1e-4, report  # the gradients, |g4 - g1| / |g1|
     assert report["params"] < 1e-6, report
     assert report["model_state"] < 1e-5, report
+
+
+@pytest.mark.parametrize("override", [{"remat": True}, {"dtype": "bfloat16"}])
+def test_remat_and_bfloat16_steps(setup, override):
+    """Rematerialised backbone blocks give the same step; bf16 compute keeps f32 parameters."""
+    config, tx, mesh, _, state, step = setup
+    batch = tiny_batch(num_ids=2, per_id=2)
+    reference, ref_metrics = step(jax.tree.map(jnp.copy, state), steps.shard_batch(batch, mesh))
+    model = build_model(tiny_model_config(**override), NUM_CLASSES, nnx.Rngs(0))
+    graphs, variant_state = steps.create_train_state(model, tx, mesh)
+    variant_step = steps.compile_train_step(graphs, tx, NUM_CLASSES, config.loss, mesh)
+    new_state, metrics = variant_step(variant_state, steps.shard_batch(batch, mesh))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
+    tolerance = 1e-5 if "remat" in override else 5e-2
+    np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=tolerance)
+    if "remat" in override:
+        for x, y in zip(
+            jax.tree.leaves(reference.params), jax.tree.leaves(new_state.params), strict=True
+        ):
+            np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)

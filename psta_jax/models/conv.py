@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from psta_jax.models import cpu_flags
+
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -85,10 +87,21 @@ def _input_grad(grad_out: jax.Array, kernel: jax.Array, stride: int, padding: in
     return _xla_conv(dilated, flipped, 1, 0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
     """Cross-correlation as PyTorch's Conv2d: x (N, H, W, Cin), kernel (kh, kw, Cin, Cout),
-    symmetric zero `padding`, `stride` -> (N, Ho, Wo, Cout)."""
+    symmetric zero `padding`, `stride` -> (N, Ho, Wo, Cout).
+
+    With XLA:CPU's YNN fusions off (`cpu_flags.configure_xla_cpu`) XLA's own gradient
+    convolutions are the fast ones; with them on (the jaxlib default) ours are.
+    """
+    if cpu_flags.ynn_fusions_enabled():
+        return _conv2d_own_gradients(x, kernel, stride, padding)
+    return _xla_conv(x, kernel, stride, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d_own_gradients(x: jax.Array, kernel: jax.Array, stride: int,
+                          padding: int) -> jax.Array:
     return _xla_conv(x, kernel, stride, padding)
 
 
@@ -107,7 +120,7 @@ def _conv2d_bwd(stride, padding, residuals, grad_out):
     return grad_x, grad_kernel
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+_conv2d_own_gradients.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 class Conv(nnx.Conv):
