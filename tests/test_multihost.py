@@ -31,6 +31,21 @@ def _flags(data_dir, workdir, steps=STEPS):
     ]
 
 
+def _launch_2x2(data_dir, workdir, steps=STEPS):
+    """The launcher command for 2 processes x 2 CPU devices."""
+    return [
+        sys.executable,
+        "-m",
+        "psta_jax.launch",
+        "--processes",
+        "2",
+        "--devices-per-process",
+        "2",
+        "--",
+        *_flags(data_dir, workdir, steps),
+    ]
+
+
 def _run(cmd, timeout=900):
     out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
@@ -42,29 +57,13 @@ def _losses(workdir):
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
-def _params(workdir, step):
-    return restore_saved_params(workdir, step)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("data"))
     single = str(tmp_path_factory.mktemp("one_process_4_devices"))
     multi = str(tmp_path_factory.mktemp("two_processes_2_devices"))
     _run([sys.executable, "-m", "psta_jax.main", "--cpu_devices=4", *_flags(data_dir, single)])
-    out = _run(
-        [
-            sys.executable,
-            "-m",
-            "psta_jax.launch",
-            "--processes",
-            "2",
-            "--devices-per-process",
-            "2",
-            "--",
-            *_flags(data_dir, multi),
-        ]
-    )
+    out = _run(_launch_2x2(data_dir, multi))
     return data_dir, single, multi, out
 
 
@@ -77,7 +76,9 @@ def test_two_processes_match_one_process_step_by_step(runs):
     for step in one:
         np.testing.assert_allclose(two[step], one[step], rtol=1e-5)
     for x, y in zip(
-        jax.tree.leaves(_params(single, STEPS)), jax.tree.leaves(_params(multi, STEPS)), strict=True
+        jax.tree.leaves(restore_saved_params(single, STEPS)),
+        jax.tree.leaves(restore_saved_params(multi, STEPS)),
+        strict=True,
     ):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
     assert not os.path.exists(os.path.join(multi, "metrics.jsonl.1"))  # one writer
@@ -85,19 +86,7 @@ def test_two_processes_match_one_process_step_by_step(runs):
 
 def test_two_process_run_resumes_from_its_checkpoint(runs):
     data_dir, _, multi, _ = runs
-    out = _run(
-        [
-            sys.executable,
-            "-m",
-            "psta_jax.launch",
-            "--processes",
-            "2",
-            "--devices-per-process",
-            "2",
-            "--",
-            *_flags(data_dir, multi, steps=STEPS + 2),
-        ]
-    )
+    out = _run(_launch_2x2(data_dir, multi, steps=STEPS + 2))
     assert f"resumed from {multi} at step {STEPS}" in out.stdout
     assert os.path.isdir(os.path.join(multi, "checkpoints", str(STEPS + 2)))
     assert sorted(_losses(multi))[-1] == STEPS + 2
@@ -116,17 +105,7 @@ def test_launcher_reports_a_killed_process(runs, tmp_path):
     data_dir, _, _, _ = runs
     workdir = str(tmp_path / "killed")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "psta_jax.launch",
-            "--processes",
-            "2",
-            "--devices-per-process",
-            "2",
-            "--",
-            *_flags(data_dir, workdir, steps=1000),
-        ],
+        _launch_2x2(data_dir, workdir, steps=1000),
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

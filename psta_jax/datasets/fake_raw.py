@@ -7,9 +7,11 @@ its red level is a per-tracklet tint (so no two tracklets have identical bytes).
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import shutil
+from collections.abc import Callable
 
 import numpy as np
 
@@ -59,3 +61,14 @@ def decoded_level(encoded: bytes) -> float:
 
     with Image.open(io.BytesIO(encoded)) as image:
         return float(np.asarray(image.convert("RGB"))[..., 1].mean())
+
+
+def run_cli(write: Callable[[str], None], script: str, description: str | None) -> None:
+    """`python make_dummy_data.py [--out DIR]`: rewrites DIR (default: dummy_data/ beside
+    `script`) with `write(DIR)`."""
+    parser = argparse.ArgumentParser(description=description)
+    default = os.path.join(os.path.dirname(os.path.abspath(script)), "dummy_data")
+    parser.add_argument("--out", default=default)
+    out = parser.parse_args().out
+    reset_output_dir(out)
+    write(out)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from psta_jax.datasets import fake_raw, raw_io
@@ -32,12 +31,7 @@ def write(root: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dummy_data")
-    parser.add_argument("--out", default=default)
-    out = parser.parse_args().out
-    fake_raw.reset_output_dir(out)
-    write(out)
+    fake_raw.run_cli(write, __file__, __doc__)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ query = 3 tracklets and gallery = distractor + 0002C2T0002 + 0004C3T0001 = 3 tra
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -53,12 +52,7 @@ def write(root: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dummy_data")
-    parser.add_argument("--out", default=default)
-    out = parser.parse_args().out
-    fake_raw.reset_output_dir(out)
-    write(out)
+    fake_raw.run_cli(write, __file__, __doc__)
 
 
 if __name__ == "__main__":

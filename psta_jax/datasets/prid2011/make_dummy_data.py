@@ -8,7 +8,6 @@ persons 1..4 (person_0005 plays a person outside the standard subset): 2 train p
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -53,12 +52,7 @@ def write(root: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dummy_data")
-    parser.add_argument("--out", default=default)
-    out = parser.parse_args().out
-    fake_raw.reset_output_dir(out)
-    write(out)
+    fake_raw.run_cli(write, __file__, __doc__)
 
 
 if __name__ == "__main__":
