@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from psta_jax import datasets, input_pipeline, steps
+from psta_jax import datasets, distributed, input_pipeline, steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +44,9 @@ def _prepare(config: ml_collections.ConfigDict):
 def open_dataset(config: ml_collections.ConfigDict) -> Splits:
     """Prepares (once, by process 0) and loads the dataset `config.dataset` names."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         if jax.process_index() == 0:
             _prepare(config)
-        multihost_utils.sync_global_devices("psta_jax.data.open_dataset")
+        distributed.barrier("dataset_prepared")
     builder = _prepare(config)
     stores = {
         split: input_pipeline.load_tracklets(datasets.load_split(builder, split))

@@ -92,3 +92,25 @@ def initialize_from_flags() -> None:
         auto=_DISTRIBUTED.value == "auto",
         cpu_devices=_CPU_DEVICES.value or _env_int("PSTA_CPU_DEVICES"),
     )
+
+
+_barrier_count = 0
+
+
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+    """Waits until every process reaches this point (no-op for one process).
+
+    Uses the coordination service, not a device collective: CPU collectives (gloo) give up
+    after 30 s, which a process still preparing a dataset or compiling easily exceeds. Call it
+    before the first collective after uneven work (dataset preparation, compilation).
+    """
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # the client has no public accessor
+
+    global _barrier_count
+    _barrier_count += 1
+    client = jax_distributed.global_state.client
+    client.wait_at_barrier(f"psta_jax/{name}/{_barrier_count}", int(timeout_s * 1000))

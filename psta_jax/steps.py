@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from psta_jax import losses
+from psta_jax import distributed, losses
 from psta_jax.models import build_model
 from psta_jax.models.psta import PSTA, FrozenParam
 
@@ -294,6 +294,7 @@ def _allgather(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return local
     from jax.experimental import multihost_utils
 
+    distributed.barrier("allgather")  # processes may reach here far apart (compilation)
     gathered = multihost_utils.process_allgather(local, tiled=True)
     return {k: np.asarray(v) for k, v in gathered.items()}
 

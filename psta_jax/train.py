@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from clu import metric_writers, periodic_actions
 from etils import epath
 from flax import nnx
 
-from psta_jax import checkpointing, data, evaluation, optimizer, steps
+from psta_jax import checkpointing, data, distributed, evaluation, optimizer, steps
 from psta_jax.models import build_model
 
 RESULTS_FILE = "results.json"
@@ -109,13 +110,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log = ScalarLog(workdir_path)
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=log.writer)
     start_step = int(state.step)
-    batches = train_data.iterator(seed=config.seed, start_step=start_step)
+    host_batches = train_data.iterator(seed=config.seed, start_step=start_step)
+    batches = (steps.shard_batch(batch, mesh) for batch in host_batches)
+    if start_step < total_steps:
+        # Compile before the first collective, then line the processes up (see barrier).
+        first_batch = next(batches)
+        train_step = train_step.lower(state, first_batch).compile()
+        distributed.barrier("train_step_compiled")
+        batches = itertools.chain([first_batch], batches)
     timer = steps.StepTimer(clips_per_step=train_data.global_batch_size)
     pending: list[dict] = []
     metrics: dict = {}
 
     for step in range(start_step + 1, total_steps + 1):
-        state, step_metrics = train_step(state, steps.shard_batch(next(batches), mesh))
+        state, step_metrics = train_step(state, next(batches))
         pending.append(step_metrics)
         timer.tick()
         progress(step)
