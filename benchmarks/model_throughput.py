@@ -40,29 +40,16 @@ from flax import nnx  # noqa: E402
 
 from psta_jax.losses import psta_loss  # noqa: E402
 from psta_jax.models import PSTA  # noqa: E402
+from psta_jax.models.random_init import random_model  # noqa: E402
 
 RELEASE_EVAL_CLIPS_PER_S = 1.47
 RELEASE_TRAIN_STEP_S = 10.9
 NUM_CLASSES = 625
 
 
-def random_model(seed: int = 0) -> PSTA:
+def default_model(seed: int = 0) -> PSTA:
     """The default PSTA with random weights, built without compiling its initialisers."""
-    model = nnx.eval_shape(lambda: PSTA(NUM_CLASSES, rngs=nnx.Rngs(0)))
-    rng = np.random.default_rng(seed)
-    flat = dict(nnx.to_flat_state(nnx.state(model)))
-    for path, variable in flat.items():
-        shape = variable.shape
-        if path[-1] == "var":
-            value = rng.uniform(0.5, 1.5, shape)
-        elif path[-1] == "scale":
-            value = rng.uniform(0.5, 1.0, shape)
-        else:
-            fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-            value = rng.normal(0.0, 0.7 / np.sqrt(fan_in), shape)
-        flat[path] = variable.replace(jnp.asarray(value, variable.dtype))
-    nnx.update(model, nnx.from_flat_state(flat))
-    return model
+    return random_model(lambda: PSTA(NUM_CLASSES, rngs=nnx.Rngs(0)), seed)
 
 
 def clips(batch: int, seed: int = 0) -> jax.Array:
@@ -142,11 +129,18 @@ def torch_backbone_eval_s(repeats: int) -> float:
     class Bottleneck(nn.Module):
         def __init__(self, cin, width, stride):
             super().__init__()
-            self.body = nn.Sequential(*conv_bn(cin, width, 1), nn.ReLU(),
-                                      *conv_bn(width, width, 3, stride), nn.ReLU(),
-                                      *conv_bn(width, 4 * width, 1))
-            self.shortcut = (nn.Identity() if stride == 1 and cin == 4 * width
-                             else nn.Sequential(*conv_bn(cin, 4 * width, 1, stride)))
+            self.body = nn.Sequential(
+                *conv_bn(cin, width, 1),
+                nn.ReLU(),
+                *conv_bn(width, width, 3, stride),
+                nn.ReLU(),
+                *conv_bn(width, 4 * width, 1),
+            )
+            self.shortcut = (
+                nn.Identity()
+                if stride == 1 and cin == 4 * width
+                else nn.Sequential(*conv_bn(cin, 4 * width, 1, stride))
+            )
 
         def forward(self, x):
             return torch.relu(self.body(x) + self.shortcut(x))
@@ -173,40 +167,79 @@ def main() -> None:
     parser.add_argument("--eval_batches", default="1,4")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip_train", action="store_true")
-    parser.add_argument("--torch_reference", action="store_true",
-                        help="also time the release's PyTorch ResNet-50 backbone")
-    parser.add_argument("--jaxlib_default_flags", action="store_true",
-                        help="do not apply psta_jax.models.cpu_flags (handled at import)")
+    parser.add_argument(
+        "--torch_reference",
+        action="store_true",
+        help="also time the release's PyTorch ResNet-50 backbone",
+    )
+    parser.add_argument(
+        "--jaxlib_default_flags",
+        action="store_true",
+        help="do not apply psta_jax.models.cpu_flags (handled at import)",
+    )
     args = parser.parse_args()
 
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
-          f"{len(os.sched_getaffinity(0))} usable CPU cores, "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    model = random_model()
+    print(
+        f"jax {jax.__version__}, backend {jax.default_backend()}, "
+        f"{len(os.sched_getaffinity(0))} usable CPU cores, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+    )
+    model = default_model()
     rows = []  # (measure, ours, release, speed-up, cpu s per call, first call s, load)
     for batch in [int(b) for b in args.eval_batches.split(",")]:
         timing = bench_eval(model, batch, args.repeats)
         rate = batch / timing.best_s
         release = RELEASE_EVAL_CLIPS_PER_S
-        rows.append((f"eval clips/s (batch {batch})", rate, release, rate / release,
-                     timing.cpu_s, timing.first_s, os.getloadavg()[0]))
+        rows.append(
+            (
+                f"eval clips/s (batch {batch})",
+                rate,
+                release,
+                rate / release,
+                timing.cpu_s,
+                timing.first_s,
+                os.getloadavg()[0],
+            )
+        )
     if not args.skip_train:
         timing = bench_train(model, args.repeats)
-        rows.append(("train step s (4 clips)", timing.best_s, RELEASE_TRAIN_STEP_S,
-                     RELEASE_TRAIN_STEP_S / timing.best_s, timing.cpu_s, timing.first_s,
-                     os.getloadavg()[0]))
+        rows.append(
+            (
+                "train step s (4 clips)",
+                timing.best_s,
+                RELEASE_TRAIN_STEP_S,
+                RELEASE_TRAIN_STEP_S / timing.best_s,
+                timing.cpu_s,
+                timing.first_s,
+                os.getloadavg()[0],
+            )
+        )
     if args.torch_reference:
         seconds = torch_backbone_eval_s(args.repeats)
-        rows.append(("torch ResNet-50 only, clips/s", 1 / seconds, RELEASE_EVAL_CLIPS_PER_S,
-                     1 / seconds / RELEASE_EVAL_CLIPS_PER_S, float("nan"), float("nan"),
-                     os.getloadavg()[0]))
-    print(f"{'measure':30s} {'psta-jax':>9s} {'release':>8s} {'speed-up':>9s} "
-          f"{'cpu s/call':>10s} {'1st call s':>10s} {'load':>5s}")
+        rows.append(
+            (
+                "torch ResNet-50 only, clips/s",
+                1 / seconds,
+                RELEASE_EVAL_CLIPS_PER_S,
+                1 / seconds / RELEASE_EVAL_CLIPS_PER_S,
+                float("nan"),
+                float("nan"),
+                os.getloadavg()[0],
+            )
+        )
+    print(
+        f"{'measure':30s} {'psta-jax':>9s} {'release':>8s} {'speed-up':>9s} "
+        f"{'cpu s/call':>10s} {'1st call s':>10s} {'load':>5s}"
+    )
     for name, ours, release, speedup, cpu, first, load in rows:
-        print(f"{name:30s} {ours:9.3f} {release:8.3f} {speedup:8.2f}x {cpu:10.2f} "
-              f"{first:10.1f} {load:5.1f}")
-    print("release: the authors' PyTorch code, 2 threads (eval at batch 1); speed-up > 1 "
-          "is faster than the release (eval: clips/s ratio, train: step-time ratio)")
+        print(
+            f"{name:30s} {ours:9.3f} {release:8.3f} {speedup:8.2f}x {cpu:10.2f} "
+            f"{first:10.1f} {load:5.1f}"
+        )
+    print(
+        "release: the authors' PyTorch code, 2 threads (eval at batch 1); speed-up > 1 "
+        "is faster than the release (eval: clips/s ratio, train: step-time ratio)"
+    )
 
 
 if __name__ == "__main__":

@@ -17,30 +17,14 @@ import resource
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from psta_jax import config_base, data, optimizer, steps
 from psta_jax.models import build_model
+from psta_jax.models.random_init import random_model
 
 NUM_CLASSES = 625
-
-
-def random_model(model_config, seed: int = 0):
-    """The configured PSTA with random weights, without compiling its initialisers."""
-    model = nnx.eval_shape(lambda: build_model(model_config, NUM_CLASSES, nnx.Rngs(0)))
-    rng = np.random.default_rng(seed)
-    state = nnx.state(model)
-
-    def fill(path, leaf):
-        name = str(path[-1])
-        if "var" in name:
-            return jnp.ones(leaf.shape, leaf.dtype)
-        return jnp.asarray(rng.normal(0.0, 0.02, leaf.shape), leaf.dtype)
-
-    nnx.update(model, jax.tree_util.tree_map_with_path(fill, state))
-    return model
 
 
 def random_batch(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -69,7 +53,9 @@ def measure(config, dtype: str, num_steps: int) -> dict:
     config.model.dtype = dtype
     mesh = steps.make_mesh()
     tx, _ = optimizer.create_optimizer(config.optimizer, steps_per_epoch=100)
-    graphs, state = steps.create_train_state(random_model(config.model), tx, mesh)
+    graphs, state = steps.create_train_state(
+        random_model(lambda: build_model(config.model, NUM_CLASSES, nnx.Rngs(0))), tx, mesh
+    )
     step = steps.compile_train_step(
         graphs, tx, NUM_CLASSES, config.loss, mesh, data.prepare_train_clips(config)
     )
