@@ -122,23 +122,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pending: list[dict] = []
     metrics: dict = {}
 
-    for step in range(start_step + 1, total_steps + 1):
-        state, step_metrics = train_step(state, next(batches))
-        pending.append(step_metrics)
-        timer.tick()
-        progress(step)
-        is_last = step == total_steps
-        if step % config.log_every_steps == 0 or is_last or step % checkpoint_every == 0:
-            _write_train_metrics(log, step, pending, schedule, timer)
-            pending = []
-        if step % eval_every == 0 or is_last:
-            metrics = evaluate(config, splits, embed_fn, state, mesh)
-            log.write(step, _scalar_metrics(metrics))
-            checkpoints.save_if_best(step, _items(state), {"mAP": metrics["mAP"], "step": step})
-        if step % checkpoint_every == 0 or is_last:
-            checkpoints.save(step, _items(state), {"step": step})
-    checkpoints.wait()
-    checkpoints.close()
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            state, step_metrics = train_step(state, next(batches))
+            pending.append(step_metrics)
+            timer.tick()
+            progress(step)
+            is_last = step == total_steps
+            if step % config.log_every_steps == 0 or is_last or step % checkpoint_every == 0:
+                _write_train_metrics(log, step, pending, schedule, timer)
+                pending = []
+            if step % eval_every == 0 or is_last:
+                metrics = evaluate(config, splits, embed_fn, state, mesh)
+                log.write(step, _scalar_metrics(metrics))
+                checkpoints.save_if_best(step, _items(state), {"mAP": metrics["mAP"], "step": step})
+            if step % checkpoint_every == 0 or is_last:
+                checkpoints.save(step, _items(state), {"step": step})
+    finally:  # an error (e.g. a NaN loss) still lets pending saves finish
+        checkpoints.wait()
+        checkpoints.close()
     log.flush()
     if not metrics:  # resumed a finished run: evaluate what it left
         metrics = evaluate(config, splits, embed_fn, state, mesh)
