@@ -9,7 +9,6 @@ from collections.abc import Callable
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from psta_jax import datasets, distributed, input_pipeline, steps
 
@@ -166,8 +165,3 @@ def extract_tracklet_features(
         "pids": store.pids[order],
         "camids": store.camids[order],
     }
-
-
-def disable_tf_accelerators() -> None:
-    """tf.data runs on the host; accelerators belong to JAX."""
-    tf.config.set_visible_devices([], "GPU")

@@ -26,8 +26,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from psta_jax import distributed, losses
-from psta_jax.models import build_model
-from psta_jax.models.psta import PSTA, FrozenParam
+from psta_jax.models.psta import PSTA
 
 DATA_AXIS = "data"
 
@@ -72,10 +71,6 @@ def split_model(model: PSTA) -> tuple[ModelGraphs, nnx.State, nnx.State]:
 
 def count_trainable(params: nnx.State) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
-def frozen_filter() -> type:
-    return FrozenParam
 
 
 # ----------------------------------------------------------------------------- mesh
@@ -231,17 +226,6 @@ def create_train_state(
         opt_state=tx.init(params),
     )
     return graphs, jax.device_put(state, replicated(mesh))
-
-
-def abstract_train_state(config: ml_collections.ConfigDict, num_classes: int, tx) -> TrainState:
-    """The shapes and dtypes of a train state, without allocating (for restores)."""
-
-    def make():
-        model = build_model(config.model, num_classes, nnx.Rngs(0))
-        _, params, model_state = split_model(model)
-        return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
-
-    return jax.eval_shape(make)
 
 
 # ----------------------------------------------------------------------------- evaluation
