@@ -165,3 +165,10 @@ def extract_tracklet_features(
         "pids": store.pids[order],
         "camids": store.camids[order],
     }
+
+
+def disable_tf_accelerators() -> None:
+    """tf.data runs on the host; accelerators belong to JAX."""
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")

@@ -40,11 +40,10 @@ def main(argv: list[str]) -> None:
     distributed.initialize_from_flags()
 
     import jax
-    import tensorflow as tf
 
-    from psta_jax import train
+    from psta_jax import data, train
 
-    tf.config.set_visible_devices([], "GPU")  # tf.data only; accelerators belong to JAX
+    data.disable_tf_accelerators()
     logging.info(
         "JAX process %d/%d, %d local / %d global devices (%s)",
         jax.process_index(),
