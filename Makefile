@@ -10,8 +10,9 @@ WORKDIR ?= workdirs/demo
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch==2.13.0 (CPU) only reads PyTorch .pth files; it comes from this machine's local wheel.
-	$(PY) -m pip install --quiet -e '.[test,inspect]' torch==2.13.0
+	# `.[torch]` asks for torch>=2.4; naming torch==2.13.0 on the same line picks this machine's
+	# local CPU wheel instead of a multi-GB CUDA build (torch only reads .pth files here).
+	$(PY) -m pip install --quiet -e '.[test,inspect,torch,dev]' torch==2.13.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,33 +1,39 @@
 """Throughput and peak memory of the jitted SPMD train step on the available devices.
 
-    python benchmarks/train_step.py [--config=configs/mars.py] [--identities=8 --instances=4]
-        [--dtypes=float32,bfloat16] [--steps=5] [--remat]
+    python benchmarks/train_step.py [--dataset=mars] [--identities=8 --instances=4]
+        [--dtypes=float32,bfloat16] [--steps=5] [--remat] [--model=release|demo]
 
 The exact step `psta_jax.main` runs (steps.compile_train_step: uint8 clips normalised and
 erased on device, forward in train mode, the release's loss, gradients, coupled Adam,
 BatchNorm statistics), on a mesh over every local device, with random weights and clips.
-Prints clips/s and seconds per step for each compute dtype, and peak device memory (GPU/TPU)
-or peak host RSS (CPU). Defaults to P=8 x K=4 on accelerators and P=2 x K=2 on CPU.
+Defaults to P=8 x K=4 on accelerators and P=2 x K=2 on the CPU.
+
+Each dtype runs in its own child process, so each peak is its own. Printed per dtype:
+clips/s and seconds per step; the peak memory: on the CPU the child's peak RSS (what the
+release's 3.4 GB for an fp32 P=2 x K=2 step on this machine measures), on a GPU/TPU the
+device's `peak_bytes_in_use` (and `bytes_in_use` after the steps) from `memory_stats()`;
+and XLA's plan for the compiled step (`memory_analysis()`: temporaries, arguments,
+outputs, donated aliases), which says where the memory goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import resource
 import time
 
-import jax
-import numpy as np
-from flax import nnx
-
-from psta_jax import config_base, data, optimizer, steps
-from psta_jax.models import build_model
-from psta_jax.models.random_init import random_model
+from psta_jax import xla_cpu
 
 NUM_CLASSES = 625
+RELEASE_CPU_STEP_S = 10.3  # P=2 x K=2, fp32, 2 threads, this machine at load < 1 (issue 12)
+RELEASE_CPU_PEAK_GB = 3.4
 
 
-def random_batch(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+def random_batch(config, batch: int, seed: int = 0) -> dict:
+    import numpy as np  # noqa: PLC0415 (child processes import JAX's stack themselves)
+
     rng = np.random.default_rng(seed)
     height, width = config.model.image_size
     clips = rng.integers(0, 256, (batch, config.model.seq_len, height, width, 3), np.uint8)
@@ -40,31 +46,84 @@ def random_batch(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def peak_memory_gib() -> tuple[str, float]:
-    device = jax.local_devices()[0]
-    stats = device.memory_stats() if device.platform != "cpu" else None
-    if stats and "peak_bytes_in_use" in stats:
-        return "device peak", stats["peak_bytes_in_use"] / 2**30
-    return "host peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def build_train_step(config, dtype: str):
+    """(jitted step, replicated state, sharded batch) as psta_jax.main builds them."""
+    from flax import nnx  # noqa: PLC0415
 
+    from psta_jax import input_pipeline, optimizer, sharding, steps  # noqa: PLC0415
+    from psta_jax.models import build_model  # noqa: PLC0415
+    from psta_jax.testing import random_model  # noqa: PLC0415
 
-def measure(config, dtype: str, num_steps: int) -> dict:
     config = config.copy_and_resolve_references()
     config.model.dtype = dtype
-    mesh = steps.make_mesh()
+    mesh = sharding.make_mesh()
     tx, _ = optimizer.create_optimizer(config.optimizer, steps_per_epoch=100)
     graphs, state = steps.create_train_state(
         random_model(lambda: build_model(config.model, NUM_CLASSES, nnx.Rngs(0))), tx, mesh
     )
     step = steps.compile_train_step(
-        graphs, tx, NUM_CLASSES, config.loss, mesh, data.prepare_train_clips(config)
+        graphs, tx, NUM_CLASSES, config.loss, mesh, input_pipeline.prepare_train_clips(config)
     )
     batch_size = config.batch.identities * config.batch.instances
-    batch = steps.shard_batch(random_batch(config, batch_size), mesh)
+    return step, state, sharding.shard_batch(random_batch(config, batch_size), mesh)
+
+
+def compiled_memory(compiled) -> dict[str, float]:
+    """XLA's buffer plan for a compiled program, GiB."""
+    analysis = compiled.memory_analysis()
+    fields = ("temp", "argument", "output", "alias", "generated_code")
+    return {f: getattr(analysis, f"{f}_size_in_bytes", 0) / 2**30 for f in fields}
+
+
+def _proc_status_gib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def reset_host_peak() -> bool:
+    """Restarts the kernel's peak-RSS count of this process (Linux); False if it can't."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(steps_only: bool) -> dict[str, float]:
+    """GiB: the device's peak and current bytes in use (accelerators), or the host's peak RSS
+    of the whole process (compilation included) and, with `steps_only`, since the last
+    `reset_host_peak()` (the steps alone)."""
+    import jax  # noqa: PLC0415
+
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        return {"device peak": stats["peak_bytes_in_use"] / 2**30,
+                "device in use": stats.get("bytes_in_use", 0) / 2**30}
+    memory = {"host peak RSS": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if steps_only:
+        memory["steps' peak RSS"] = _proc_status_gib("VmHWM")
+    return memory
+
+
+def measure(config, dtype: str, num_steps: int) -> dict:
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    step, state, batch = build_train_step(config, dtype)
+    start = time.perf_counter()
+    step = step.lower(state, batch).compile()  # the one compilation; run below as is
+    compile_s = time.perf_counter() - start
+    plan = compiled_memory(step)
+    steps_only = reset_host_peak()
     start = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
+    first_s = time.perf_counter() - start
     times = []
     for _ in range(num_steps):
         start = time.perf_counter()
@@ -72,18 +131,36 @@ def measure(config, dtype: str, num_steps: int) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     best = min(times)
-    kind, memory = peak_memory_gib()
+    batch_size = config.batch.identities * config.batch.instances
     return {
         "dtype": dtype,
         "batch": batch_size,
-        "first_s": compile_s,
+        "compile_s": compile_s,
+        "first_s": first_s,
         "step_s": best,
         "median_s": float(np.median(times)),
         "clips_per_s": batch_size / best,
-        "memory_kind": kind,
-        "memory_gib": memory,
+        "memory": peak_memory(steps_only),
+        "plan": plan,
         "loss": float(metrics["loss"]),
+        "load": os.getloadavg()[0],
     }
+
+
+def _child(config, dtype: str, num_steps: int, queue) -> None:
+    xla_cpu.configure_for_cpu_if_needed()
+    queue.put(measure(config, dtype, num_steps))
+
+
+def measure_in_child(config, dtype: str, num_steps: int) -> dict:
+    """`measure` in a fresh process: its peak memory is this step's alone."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(config, dtype, num_steps, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
 
 
 def main() -> None:
@@ -102,31 +179,37 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    on_cpu = xla_cpu.will_run_on_cpu()
+    from psta_jax import config_base  # noqa: PLC0415 (no JAX backend in this process)
+
     config = config_base.dataset_config(args.dataset, None)
-    on_cpu = jax.devices()[0].platform == "cpu"
     config.batch.identities = args.identities or (2 if on_cpu else 8)
     config.batch.instances = args.instances or (2 if on_cpu else 4)
     if args.model == "demo":
         config.model.update(depth=18, width=16, feature_dim=128, image_size=(64, 32))
     config.model.remat = args.remat
-    devices = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
     print(
         f"PSTA train step, {config.model.image_size[0]}x{config.model.image_size[1]}, "
         f"T={config.model.seq_len}, P={config.batch.identities} x K={config.batch.instances}, "
-        f"remat={args.remat}, on {devices}"
+        f"remat={args.remat}, {'CPU' if on_cpu else 'accelerator'}, load {os.getloadavg()[0]:.1f}"
     )
-    rows = [measure(config, dtype, args.steps) for dtype in args.dtypes.split(",")]
+    rows = [measure_in_child(config, dtype, args.steps) for dtype in args.dtypes.split(",")]
     print(
-        f"{'dtype':10s} {'clips':>6s} {'first (s)':>10s} {'step (s)':>9s} {'median':>8s} "
-        f"{'clips/s':>8s} {'memory (GiB)':>14s} {'loss':>8s}"
+        f"{'dtype':10s} {'clips':>5s} {'compile':>8s} {'step s':>7s} {'median':>7s} "
+        f"{'clips/s':>7s} {'load':>5s}  peak memory (GiB)  |  XLA plan (GiB)"
     )
     for r in rows:
+        memory = ", ".join(f"{k} {v:.2f}" for k, v in r["memory"].items())
+        plan = r["plan"]
         print(
-            f"{r['dtype']:10s} {r['batch']:6d} {r['first_s']:10.2f} {r['step_s']:9.3f} "
-            f"{r['median_s']:8.3f} {r['clips_per_s']:8.2f} {r['memory_gib']:8.2f} "
-            f"({r['memory_kind']}) {r['loss']:8.4f}"
+            f"{r['dtype']:10s} {r['batch']:5d} {r['compile_s']:8.1f} {r['step_s']:7.2f} "
+            f"{r['median_s']:7.2f} {r['clips_per_s']:7.2f} {r['load']:5.1f}  {memory}  |  "
+            f"temp {plan['temp']:.2f}, args {plan['argument']:.2f}, out {plan['output']:.2f}, "
+            f"donated {plan['alias']:.2f}  loss {r['loss']:.3f}"
         )
-    print("Release (PyTorch, fp32): 10.9 s per P=2 x K=2 step on this 2-core CPU.")
+    if on_cpu:
+        print(f"Release (PyTorch, fp32, P=2 x K=2) on this 2-core CPU at load < 1: "
+              f"{RELEASE_CPU_STEP_S} s per step, {RELEASE_CPU_PEAK_GB} GB peak RSS.")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,21 @@
-"""The one module that talks to Orbax: periodic, best-by-mAP and converted checkpoints.
+"""The one module that talks to Orbax: the train states of a workdir, and which one is best.
 
 A workdir holds:
-  checkpoints/<step>/   the latest `max_to_keep` train states (items `state` and `meta`)
-  best/<step>/          the train state with the best mAP so far (one kept)
+  checkpoints/<step>/   train states, kept by one Orbax CheckpointManager whose preservation
+                        policy keeps the latest `max_to_keep` steps plus the step with the
+                        best mAP (which may be older than all of them)
   config.json           the run's config (written by process 0)
-Each step folder holds the items `model` (model variables), `opt` (optimizer state and
-step) and `meta` (JSON). A converted release checkpoint (psta_jax.interop.convert) has the
-same `checkpoints/<step>/` layout without `opt`, plus its config.json.
+Each step folder holds the items `model` (model variables: params and BatchNorm statistics),
+`opt` (optimizer state and step), `meta` (JSON) and, for a step that was evaluated,
+Orbax's `metrics` (JSON: mAP, rank-k), which `best_step` ranks. A step is written at most
+once: when it is both evaluated and checkpointed, its metrics go into that one save.
+
+A converted release checkpoint (psta_jax.interop.convert) has the same layout with step 0
+and no `opt`, plus its config.json.
+
+Naming a checkpoint to evaluate (`resolve_model_checkpoint`): a workdir means its best step
+(its latest when no step was evaluated), a `checkpoints/` folder its latest step, and a step
+folder (`checkpoints/120`) that step. Evaluation restores `model` only.
 
 Every process calls save/restore (Orbax coordinates multi-host saves on a shared directory).
 """
@@ -21,11 +30,15 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from orbax.checkpoint import checkpoint_managers
 
-LATEST_DIR = "checkpoints"
-BEST_DIR = "best"
+CHECKPOINT_DIR = "checkpoints"
+LATEST_DIR = CHECKPOINT_DIR  # the folder that holds every step (kept for older callers)
 CONFIG_FILE = "config.json"
+BEST_METRIC = "mAP"  # higher is better
+ITEMS = ("model", "opt", "meta")
 
 # Config fields that change the shapes or meaning of a checkpoint's arrays.
 _COMPATIBILITY_FIELDS = ("model", "num_classes")
@@ -45,130 +58,200 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _manager(directory: epath.Path, **options) -> ocp.CheckpointManager:
+def _best_metric(metrics: Mapping[str, float]) -> float:
+    return float(metrics[BEST_METRIC])
+
+
+def _manager(directory: epath.Path, *, read_only: bool = False, **options) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         directory,
-        options=ocp.CheckpointManagerOptions(create=True, **options),
-        item_names=("model", "opt", "meta"),
+        options=ocp.CheckpointManagerOptions(
+            read_only=read_only,
+            create=not read_only,
+            best_fn=_best_metric,
+            best_mode="max",
+            **options,
+        ),
+        item_names=ITEMS,
     )
 
 
+def _retention(max_to_keep: int) -> checkpoint_managers.PreservationPolicy:
+    """Keep the latest `max_to_keep` steps and the one evaluated step with the best mAP."""
+    return checkpoint_managers.AnyPreservationPolicy(
+        [
+            checkpoint_managers.LatestN(n=max_to_keep),
+            checkpoint_managers.BestN(
+                get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False
+            ),
+        ]
+    )
+
+
+def _log_unfinished_saves(directory: epath.Path) -> None:
+    """Logs the `<step>.orbax-checkpoint-tmp-*` folders an interrupted save left behind;
+    the manager (cleanup_tmp_directories) removes them. Committed steps are never touched."""
+    if jax.process_index() != 0:
+        return
+    leftovers = sorted(p.get().name for p in ocp.utils.tmp_checkpoints(directory))
+    if leftovers:
+        logging.warning(
+            "removing %d unfinished checkpoint folder(s) an interrupted save left in %s: %s",
+            len(leftovers),
+            directory,
+            ", ".join(leftovers),
+        )
+
+
 class Checkpoints:
-    """Latest and best checkpoints of one workdir."""
+    """The train states of one workdir: the latest `max_to_keep` and the best by mAP."""
 
     def __init__(
         self, workdir: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True
     ):
         self.workdir = _absolute(workdir)
-        self._latest = _manager(
-            self.workdir / LATEST_DIR,
-            max_to_keep=max_to_keep,
+        self.directory = self.workdir / CHECKPOINT_DIR
+        _log_unfinished_saves(self.directory)
+        self._manager = _manager(
+            self.directory,
+            preservation_policy=_retention(max_to_keep),
             enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
         )
-        self._best = _manager(
-            self.workdir / BEST_DIR,
-            max_to_keep=1,
-            best_fn=lambda metrics: metrics["mAP"],
-            best_mode="max",
-            keep_checkpoints_without_metrics=False,
-            enable_async_checkpointing=async_save,
-        )
+        # Metrics of the steps saved by this process: an asynchronous save may not have
+        # written them to disk yet when the next evaluation asks for the best mAP.
+        self._saved_metrics: dict[int, dict] = {}
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
-        return self._latest.latest_step()
+        return self._manager.latest_step()
 
     def best_step(self) -> int | None:
-        return self._best.best_step()
+        """The evaluated step with the highest mAP; None when no kept step was evaluated."""
+        return self._manager.best_step()  # ranks only steps saved with metrics
+
+    def metrics(self, step: int) -> dict | None:
+        """The evaluation metrics saved with `step`, or None (not evaluated)."""
+        if step in self._saved_metrics:
+            return self._saved_metrics[step]
+        return self._manager.metrics(step)
+
+    def improves_best(self, metrics: Mapping[str, float]) -> bool:
+        """Whether `metrics` beat the best kept step's mAP (True when none was evaluated)."""
+        best = self.best_step()
+        return best is None or _best_metric(metrics) > _best_metric(self.metrics(best))
 
     def save(
-        self, step: int, items: Mapping[str, Any], meta: Mapping[str, Any] | None = None
-    ) -> None:
-        """Saves `items` ({'model': ..., 'opt': ...}) as the checkpoint of `step` (once)."""
-        if step in self._latest.all_steps():
-            return
-        self._latest.save(step, args=_save_args(items, meta))
+        self,
+        step: int,
+        items: Mapping[str, Any],
+        meta: Mapping[str, Any] | None = None,
+        *,
+        metrics: Mapping[str, float] | None = None,
+    ) -> bool:
+        """Saves `items` ({'model': ..., 'opt': ...}) as the checkpoint of `step`, once.
 
-    def save_if_best(
-        self, step: int, items: Mapping[str, Any], metrics: Mapping[str, float]
-    ) -> None:
-        """Keeps `items` under best/ when their mAP is the best seen so far."""
-        best = self._best.best_step()
-        if best is not None:
-            best_map = self._best_metrics().get("mAP", float("-inf"))
-            if metrics["mAP"] <= best_map:
-                return
-        self._best.save(step, args=_save_args(items, metrics), metrics=dict(metrics))
+        `metrics` (with 'mAP') rank the step for `best_step`; without them the step is kept
+        only while it is among the latest `max_to_keep`. Returns whether it was written
+        (False when `step` is already saved).
+        """
+        if step in self._manager.all_steps():
+            return False
+        metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+        saved = self._manager.save(
+            step, args=_save_args(items, {"step": step, **(meta or {})}), metrics=metrics
+        )
+        if saved and metrics is not None:
+            self._saved_metrics[step] = metrics
+        return saved
 
-    def _best_metrics(self) -> dict:
-        step = self._best.best_step()
-        restored = self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(restored["meta"] or {})
+    def restore(self, step: int, targets: Mapping[str, Any]) -> dict:
+        """The items of `step` shaped like `targets` (e.g. {'model': ..., 'opt': ...})."""
+        return _restore_items(self._manager, step, targets)
 
     def restore_latest(self, targets: Mapping[str, Any]) -> tuple[int, dict] | None:
         """(step, items) of the latest checkpoint shaped like `targets`; None if none."""
-        step = self._latest.latest_step()
+        step = self._manager.latest_step()
         if step is None:
             return None
-        return step, _restore_items(self._latest, step, targets, self.workdir / LATEST_DIR)
+        return step, self.restore(step, targets)
 
     def wait(self) -> None:
-        self._latest.wait_until_finished()
-        self._best.wait_until_finished()
+        """Blocks until pending (asynchronous) saves are on disk."""
+        self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._latest.close()
-        self._best.close()
+        self._manager.close()
+
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
-def _save_args(items: Mapping[str, Any], meta: Mapping[str, Any] | None) -> ocp.args.Composite:
+def _save_args(items: Mapping[str, Any], meta: Mapping[str, Any]) -> ocp.args.Composite:
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
-    return ocp.args.Composite(meta=ocp.args.JsonSave(dict(meta or {})), **args)
+    return ocp.args.Composite(meta=ocp.args.JsonSave(dict(meta)), **args)
 
 
-def _restore_items(
-    manager: ocp.CheckpointManager, step: int, targets: Mapping[str, Any], where: epath.Path
-) -> dict:
+def _restore_items(manager: ocp.CheckpointManager, step: int, targets: Mapping[str, Any]) -> dict:
     args = {name: ocp.args.StandardRestore(_abstract(t)) for name, t in targets.items()}
     try:
         restored = manager.restore(step, args=ocp.args.Composite(**args))
     except (ValueError, KeyError, TypeError, FileNotFoundError) as error:
         raise IncompatibleCheckpointError(
-            f"checkpoint {where / str(step)} does not fit this model/optimizer (the arrays it "
-            f"holds differ in structure or shape from what this config builds): "
+            f"checkpoint {manager.directory / str(step)} does not fit this model/optimizer "
+            "(the arrays it holds differ in structure or shape from what this config builds): "
             f"{str(error).splitlines()[0][:300]}"
         ) from error
     return {name: restored[name] for name in targets}
 
 
+def _step_dirs(directory: epath.Path) -> list[int]:
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
 def resolve_model_checkpoint(path: str | os.PathLike) -> tuple[epath.Path, int]:
-    """Finds the checkpoint to evaluate under `path`: a workdir (its best, else latest), a
-    `best/` or `checkpoints/` folder (its newest step) or one step folder."""
+    """(folder of steps, step) to evaluate for `path`:
+
+    - a workdir or converted checkpoint (holds `checkpoints/`): its best step, else latest;
+    - a folder of steps (`checkpoints/`): its latest step;
+    - one step folder (`checkpoints/120`): that step.
+    """
     path = _absolute(path)
-    candidates = [path / BEST_DIR, path / LATEST_DIR, path]
-    for directory in candidates:
-        if not directory.is_dir():
-            continue
-        steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-        if steps:
-            return directory, steps[-1]
+    if (path / CHECKPOINT_DIR).is_dir() and _step_dirs(path / CHECKPOINT_DIR):
+        directory = path / CHECKPOINT_DIR
+        manager = _manager(directory, read_only=True)
+        try:
+            best = manager.best_step()
+            step = best if best is not None else manager.latest_step()
+        finally:
+            manager.close()
+        if step is not None:
+            return directory, step
+    if path.is_dir() and _step_dirs(path):
+        return path, _step_dirs(path)[-1]
     if path.name.isdigit() and path.is_dir():
         return path.parent, int(path.name)
     raise FileNotFoundError(
-        f"no checkpoint found at {path}: expected a workdir (with best/ or checkpoints/), "
-        "one of those folders, or a step folder inside them"
+        f"no checkpoint found at {path}: expected a workdir (holding {CHECKPOINT_DIR}/), "
+        f"a {CHECKPOINT_DIR}/ folder, or one step folder inside it"
     )
 
 
 def restore_model_variables(path: str | os.PathLike, target: Any) -> tuple[int, Any]:
-    """Restores only the model variables of the checkpoint at `path` (no optimizer state).
+    """Restores only the model variables of the checkpoint `path` names (no optimizer state).
 
     `target` is a pytree shaped like the model variables. Works on training checkpoints
-    and on converted release checkpoints alike.
+    and on converted release checkpoints alike; see `resolve_model_checkpoint`.
     """
     directory, step = resolve_model_checkpoint(path)
-    manager = _manager(directory)
+    manager = _manager(directory, read_only=True)
     try:
-        return step, _restore_items(manager, step, {"model": target}, directory)["model"]
+        return step, _restore_items(manager, step, {"model": target})["model"]
     finally:
         manager.close()
 

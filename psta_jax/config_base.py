@@ -1,9 +1,11 @@
 """The release's training recipe as a ConfigDict, and the presets the config strings select.
 
 Each file in `configs/` is a thin `get_config(arg)` that names its dataset and calls
-`dataset_config`. The config string (`--config=configs/mars.py:tra_only,release`) is a
-comma-separated list of presets: at most one ablation (rows of the paper's Tables 1 and 2)
-and optionally `release` (the release code's frame samplers instead of the paper's RRS).
+`dataset_config`, which reads the dataset's facts (evaluation protocol, the release's test
+sampler) from its builder class in `psta_jax.datasets`. The config string
+(`--config=configs/mars.py:tra_only,release`) is a comma-separated list of presets: at most
+one ablation (rows of the paper's Tables 1 and 2) and optionally `release` (the release code's
+frame samplers instead of the paper's RRS).
 """
 
 from __future__ import annotations
@@ -26,24 +28,12 @@ ABLATIONS: dict[str, dict] = {
     "stages3": {"num_stages": 3},
 }
 
-# The release's samplers: random_interval to train; begin_interval (MARS) or dense (Duke) to test.
-RELEASE_TEST_SAMPLER = {
-    "mars": "begin_interval",
-    "duke_video_reid": "dense",
-    "ilids_vid": "begin_interval",
-    "prid2011": "begin_interval",
-}
-
-DATASET_PROTOCOL = {
-    "mars": "mars",
-    "duke_video_reid": "duke",
-    "ilids_vid": "ilids_vid",
-    "prid2011": "prid2011",
-}
+# The release trains with random_interval; it tests with each dataset's RELEASE_TEST_SAMPLER.
+RELEASE_TRAIN_SAMPLER = "random_interval"
 
 
 def model_config() -> ml_collections.ConfigDict:
-    """The default network: the release's PSTA (official_model.md)."""
+    """The default network: the authors' release of PSTA (docs/architecture.md, Model)."""
     return ml_collections.ConfigDict(
         dict(
             depth=50,
@@ -64,21 +54,30 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The release's recipe (video_reid_protocol.md section 4), dataset-independent."""
+    """The release's recipe (docs/design.md, "The release's recipe"), dataset-independent."""
     c = ml_collections.ConfigDict()
     c.mode = "train"  # "train" or "evaluate"
     c.seed = 0
     c.data_dir = "data"
     # ImageNet ResNet-50 weights from torchvision (.pth); empty = random init (warned loudly).
     c.pretrained = ""
-    # Evaluate mode: the checkpoint directory (a workdir, its best/ folder, or a converted
-    # release checkpoint); empty = the workdir's best checkpoint, else its latest.
+    # Evaluate mode: a workdir or converted release checkpoint (its best-mAP step, else its
+    # latest), a checkpoints/ folder (its latest step) or one step folder; empty = the workdir.
     c.checkpoint = ""
 
     # raw_dir: the raw dataset folder (default <data_dir>/<the dataset's folder>); synthetic:
-    # generate the synthetic MARS-layout dataset into raw_dir when it is missing.
+    # generate the synthetic MARS-layout dataset into raw_dir when it is missing;
+    # skip_bad_frames: prepare without frames that do not decode (the tracklet counts as
+    # shorter) instead of stopping with their list.
     c.dataset = ml_collections.ConfigDict(
-        dict(name="mars", raw_dir="", builder_config="", protocol="mars", synthetic=False)
+        dict(
+            name="mars",
+            raw_dir="",
+            builder_config="",
+            protocol="mars",
+            synthetic=False,
+            skip_bad_frames=False,
+        )
     )
     c.model = model_config()
 
@@ -119,8 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_epochs = 10
     c.eval_every_steps = -1  # > 0 overrides eval_every_epochs
     c.checkpoint_every_steps = -1  # > 0 overrides checkpoint_every_epochs
-    c.max_to_keep = 3
+    c.max_to_keep = 3  # latest steps kept; the best-mAP step is kept besides them
     c.log_every_steps = 20
+    # (first step, number of steps) to profile into the workdir for TensorBoard; 0 steps = off.
+    c.profile_steps = (0, 0)
     return c
 
 
@@ -140,9 +141,14 @@ def apply_presets(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
         config.model.update(ABLATIONS[ablation])
         config.ablation = ablation
     if "release" in names:
-        config.input.train_sampler = "random_interval"
-        config.input.test_sampler = RELEASE_TEST_SAMPLER[config.dataset.name]
+        config.input.train_sampler = RELEASE_TRAIN_SAMPLER
+        config.input.test_sampler = _builder(config.dataset.name).RELEASE_TEST_SAMPLER
     return config
+
+
+def run_facts(config: ml_collections.ConfigDict, num_classes: int) -> dict:
+    """What a checkpoint must match to be restored under `config` (saved in config.json)."""
+    return {"model": config.model.to_dict(), "num_classes": num_classes}
 
 
 def dataset_config(dataset: str, arg: str | None, **dataset_fields) -> ml_collections.ConfigDict:
@@ -150,6 +156,13 @@ def dataset_config(dataset: str, arg: str | None, **dataset_fields) -> ml_collec
     config = base_config()
     config.ablation = "full"
     config.dataset.name = dataset
-    config.dataset.protocol = DATASET_PROTOCOL[dataset]
+    config.dataset.protocol = _builder(dataset).EVAL_PROTOCOL
     config.dataset.update(dataset_fields)
     return apply_presets(config, arg)
+
+
+def _builder(dataset: str) -> type:
+    """The builder class of `dataset` (imported here: configs need TFDS only to name facts)."""
+    from psta_jax import datasets
+
+    return datasets.builder_class(dataset)

@@ -100,17 +100,18 @@ _barrier_count = 0
 def barrier(name: str, timeout_s: float = 3600.0) -> None:
     """Waits until every process reaches this point (no-op for one process).
 
-    Uses the coordination service, not a device collective: CPU collectives (gloo) give up
-    after 30 s, which a process still preparing a dataset or compiling easily exceeds. Call it
-    before the first collective after uneven work (dataset preparation, compilation).
+    Uses the coordination service (Orbax's public barrier), not a device collective: CPU
+    collectives (gloo) give up after 30 s, which a process still preparing a dataset or
+    compiling easily exceeds. Call it before the first collective after uneven work (dataset
+    preparation, compilation). Every process must call the same barriers in the same order.
     """
     import jax
 
     if jax.process_count() == 1:
         return
-    from jax._src import distributed as jax_distributed  # the client has no public accessor
+    from orbax.checkpoint import multihost
 
     global _barrier_count
     _barrier_count += 1
-    client = jax_distributed.global_state.client
-    client.wait_at_barrier(f"psta_jax/{name}/{_barrier_count}", int(timeout_s * 1000))
+    wait = multihost.get_barrier_sync_fn()
+    wait(key=f"psta_jax/{name}/{_barrier_count}", timeout_ms=int(timeout_s * 1000))

@@ -1,6 +1,8 @@
-"""tf.data input pipeline: P x K identity batches for training, every tracklet once for eval.
+"""Config -> batches: P x K identity batches for training, every tracklet once for eval.
 
-Design (see ../shared/docs/design.md, Data):
+`open_dataset(config)` loads the dataset's splits into host memory, `TrainData` and
+`eval_iterator` turn a split and the config into batch iterators; the per-frame image work
+(decode, resize, flip, normalise, erase) is `psta_jax.augment`. Design (docs/design.md, Data):
 
 * A split's encoded frames are loaded once into host memory (``TrackletStore``: one flat
   tf.string tensor plus per-tracklet offsets). Only the sampled frames are ever decoded.
@@ -12,8 +14,8 @@ Design (see ../shared/docs/design.md, Data):
   (no Python per frame) decodes, resizes, flips, normalises and erases it; each frame carries
   its clip's flip flag and rectangle, then T frames regroup into a clip and clips into a batch.
 * Normalised float clips are 4x the bytes of the decoded JPEGs; ``uint8_clips=True`` stops the
-  host after the flip and leaves normalisation and erasing to ``finish_clips`` in the jitted
-  step (same result; measured host cost then close to decoding alone, see
+  host after the flip and leaves normalisation and erasing to ``augment.finish_clips`` in the
+  jitted step (same result; measured host cost then close to decoding alone, see
   benchmarks/input_pipeline.py).
 
 Training batches follow the release's ``RandomIdentitySampler``: an epoch visits every
@@ -22,19 +24,6 @@ with replacement only when it has fewer), grouped P identities per batch with th
 dropped (steps_per_epoch = num_identities // P; MARS: 625 // 8 = 78). Labels are the dense
 relabelling 0..num_ids-1 of the *sorted* raw pids (the release uses ``enumerate(set(pids))``,
 whose order is an implementation detail of Python sets).
-
-Augmentation (the release's, each switchable): resize to ``image_size`` (bicubic for training,
-bilinear for evaluation) -> horizontal flip of the whole clip (p = 0.5) -> scale to [0, 1] ->
-ImageNet normalisation -> random erasing with one rectangle for every frame of the clip,
-filled *after* normalisation with the raw constants (0.485, 0.456, 0.406).
-Resizing uses ``tf.image.resize(..., antialias=True)``: its bicubic kernel (Keys, a = -0.5)
-and its kernel widening when downscaling are PIL's, so it tracks PIL ``BICUBIC`` /
-``BILINEAR`` (what the release's PIL transforms use) to about one grey level on natural images
-(PIL clips to uint8 between its two passes, so pixel noise upscaled 8x can differ by tens of
-levels; without antialias, downscaling differs by up to 10 levels); the result is
-rounded and clipped to [0, 255] as PIL's uint8 output is, and a frame already at the target
-size is left untouched (PIL returns a copy). MARS frames are 256x128, so at the default size
-nothing is resized.
 
 Batches are dicts of NumPy arrays (this process's slice of the global batch):
 training ``clips`` (B, T, H, W, 3) ``config.dtype``, ``labels`` (B,) int32, ``camids`` (B,)
@@ -45,17 +34,19 @@ int32; evaluation ``clips``, ``tracklet_ids`` (B,) int64, ``pids`` (B,) int64, `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import jax
+import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from psta_jax import sampling
+from psta_jax import augment, datasets, distributed, sampling
+from psta_jax.augment import IMAGENET_MEAN, IMAGENET_STD, draw_erasing_boxes, frame_transform
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 AUTOTUNE = tf.data.AUTOTUNE
 REQUIRED_FEATURES = ("frames", "pid", "camid", "tracklet_id")
 
@@ -64,7 +55,7 @@ REQUIRED_FEATURES = ("frames", "pid", "camid", "tracklet_id")
 
 
 @dataclasses.dataclass(frozen=True)
-class _ImageConfig:
+class ImageConfig:
     """Fields shared by training and evaluation."""
 
     seq_len: int = 8
@@ -77,8 +68,8 @@ class _ImageConfig:
     num_parallel_calls: int = AUTOTUNE
     prefetch: int = 2
     # True: the host stops before normalisation; ``clips`` are uint8 (resized and flipped),
-    # training batches also carry ``erase`` (B, 4), and ``finish_clips`` (jnp, inside the jitted
-    # step) gives exactly the host path's clips. A quarter of the host work and transfer.
+    # training batches also carry ``erase`` (B, 4), and ``augment.finish_clips`` (jnp, in the
+    # jitted step) gives exactly the host path's clips. A quarter of the host work and transfer.
     uint8_clips: bool = False
 
     @classmethod
@@ -104,7 +95,7 @@ class _ImageConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainPipelineConfig(_ImageConfig):
+class TrainPipelineConfig(ImageConfig):
     """Training pipeline: P x K identity batches, ``sampler`` in sampling.TRAIN_SAMPLERS."""
 
     identities_per_batch: int = 8  # P
@@ -134,7 +125,7 @@ class TrainPipelineConfig(_ImageConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalPipelineConfig(_ImageConfig):
+class EvalPipelineConfig(ImageConfig):
     """Evaluation pipeline: ``sampler`` in sampling.EVAL_SAMPLERS."""
 
     sampler: str = "rrs"  # the release tests MARS with "begin_interval", Duke with "dense"
@@ -248,40 +239,14 @@ def build_identity_index(pids: np.ndarray) -> IdentityIndex:
                          tuple(np.split(order, splits)))
 
 
-def draw_erasing_boxes(rng: np.random.Generator, count: int, height: int, width: int,
-                       config: TrainPipelineConfig) -> np.ndarray:
-    """The release's RandomErasing rectangle for ``count`` clips: (count, 4) int32.
-
-    Rows are (top, left, h, w); h = w = 0 means no erasing. Per clip: erase with probability
-    erasing_prob; up to erasing_max_tries candidates with area U(area range) * H * W and
-    aspect r = U(min, 1 / min), h = round(sqrt(area r)), w = round(sqrt(area / r)); the first
-    with w < W and h < H wins, placed uniformly (top in 0..H-h, left in 0..W-w).
-    """
-    tries = config.erasing_max_tries
-    apply = rng.random(count) < config.erasing_prob
-    area = rng.uniform(*config.erasing_area, size=(count, tries)) * height * width
-    aspect = rng.uniform(config.erasing_min_aspect, 1 / config.erasing_min_aspect,
-                         size=(count, tries))
-    h = np.round(np.sqrt(area * aspect)).astype(np.int64)
-    w = np.round(np.sqrt(area / aspect)).astype(np.int64)
-    fits = (w < width) & (h < height)
-    first = fits.argmax(axis=1)
-    rows = np.arange(count)
-    h, w = h[rows, first], w[rows, first]
-    keep = apply & fits.any(axis=1)
-    h, w = np.where(keep, h, 0), np.where(keep, w, 0)
-    top = rng.integers(0, height - h + 1)
-    left = rng.integers(0, width - w + 1)
-    return np.stack([top, left, h, w], axis=1).astype(np.int32)
-
-
 def train_batch_plan(index: IdentityIndex, num_frames: np.ndarray, config: TrainPipelineConfig,
                      seed: int, step: int) -> dict[str, np.ndarray]:
     """What global training batch ``step`` holds; a pure function of (seed, step).
 
     Returns tracklets (B,) int64 positions in the split, frames (B, T) int64 indices within
     each tracklet, labels (B,) int32, flip (B,) bool, erase (B, 4) int32 (see
-    draw_erasing_boxes), B = P * K, clips ordered identity by identity (K consecutive clips).
+    augment.draw_erasing_boxes), B = P * K, clips ordered identity by identity (K consecutive
+    clips).
     Flip and erasing are drawn even when switched off (then forced off), so switching an
     augmentation does not change the other draws.
     """
@@ -313,92 +278,7 @@ def train_batch_plan(index: IdentityIndex, num_frames: np.ndarray, config: Train
 # ----------------------------------------------------------------------------- tf.data graph
 
 
-def _decode_resize(encoded: tf.Tensor, size: tuple[int, int], method: str,
-                   antialias: bool) -> tf.Tensor:
-    """One encoded JPEG/PNG -> (H, W, 3) uint8, resized and rounded as PIL's uint8 output."""
-    image = tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")  # PNG too
-    image.set_shape([None, None, 3])
-    source = tf.shape(image)[:2]
-    same_size = tf.reduce_all(source == tf.constant(size))
-    # Antialiasing only changes downscaling (upscaled results are identical) and costs up to
-    # 4x the plain kernel, so it is used only when a side shrinks.
-    shrinks = tf.reduce_any(source > tf.constant(size)) if antialias else tf.constant(False)
-
-    def resize(with_antialias: bool):
-        resized = tf.image.resize(image, size, method=method, antialias=with_antialias)
-        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-
-    resized = tf.cond(same_size, lambda: image, lambda: tf.cond(
-        shrinks, lambda: resize(True), lambda: resize(False)))
-    return tf.ensure_shape(resized, [*size, 3])
-
-
-def _normalization(config: _ImageConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, offset), (3,) float32: x_uint8 * scale + offset = (x / 255 - mean) / std."""
-    mean = np.asarray(config.mean if config.normalize else (0.0, 0.0, 0.0), np.float32)
-    std = np.asarray(config.std if config.normalize else (1.0, 1.0, 1.0), np.float32)
-    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
-
-
-def finish_clips(clips, erase, config: _ImageConfig):
-    """The host path's last steps for ``uint8_clips`` batches, in jax.numpy (jit-friendly).
-
-    clips (B, T, H, W, 3) uint8, erase (B, 4) int32 (top, left, h, w; h = 0: none) or None
-    (evaluation batches) -> (B, T, H, W, 3) ``config.dtype``: normalised, erased with
-    ``erasing_fill``.
-    """
-    import jax.numpy as jnp
-
-    if clips.ndim != 5 or clips.shape[-1] != 3:
-        raise ValueError(f"finish_clips: expected clips (B, T, H, W, 3), got {clips.shape}")
-    if erase is None:
-        erase = jnp.zeros((clips.shape[0], 4), jnp.int32)
-    height, width = clips.shape[2:4]
-    scale, offset = _normalization(config)
-    out = clips.astype(jnp.float32) * scale + offset
-    top, left, h, w = (jnp.asarray(erase)[:, i, None] for i in range(4))
-    rows, cols = jnp.arange(height)[None, :], jnp.arange(width)[None, :]
-    in_rows = (rows >= top) & (rows < top + h)  # (B, H)
-    in_cols = (cols >= left) & (cols < left + w)  # (B, W)
-    inside = in_rows[:, None, :, None, None] & in_cols[:, None, None, :, None]
-    fill = jnp.asarray(getattr(config, "erasing_fill", IMAGENET_MEAN), jnp.float32)
-    return jnp.where(inside, fill, out).astype(np.dtype(tf.as_dtype(config.dtype).as_numpy_dtype))
-
-
-def _frame_transform(config: _ImageConfig, augment: bool):
-    """f(encoded, flip, erase) -> one (H, W, 3) frame of a clip, in ``config.dtype``.
-
-    decode -> resize -> flip (if ``flip``; still uint8) -> scale to [0, 1] and normalise (one
-    multiply-add) -> erase the (top, left, h, w) rectangle ``erase`` (if h > 0). The clip's
-    flip flag and rectangle ride along with each of its frames, so all T frames get the same.
-    With ``config.uint8_clips`` it stops after the flip (see finish_clips).
-    """
-    size = tuple(config.image_size)
-    scale, offset = (tf.constant(v) for v in _normalization(config))
-    fill = tf.constant(getattr(config, "erasing_fill", IMAGENET_MEAN), tf.float32)
-    rows, cols = tf.range(size[0])[:, None, None], tf.range(size[1])[None, :, None]
-    dtype = tf.as_dtype(config.dtype)
-
-    def erased(image: tf.Tensor, erase: tf.Tensor) -> tf.Tensor:
-        top, left, h, w = tf.unstack(erase)
-        inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
-        return tf.where(inside, fill, image)
-
-    def transform(encoded: tf.Tensor, flip: tf.Tensor, erase: tf.Tensor) -> tf.Tensor:
-        image = _decode_resize(encoded, size, config.resize_method, config.antialias)
-        if augment:
-            image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-        if config.uint8_clips:
-            return image
-        image = tf.cast(image, tf.float32) * scale + offset
-        if augment:
-            image = tf.cond(erase[2] > 0, lambda: erased(image, erase), lambda: image)
-        return tf.cast(image, dtype)
-
-    return transform
-
-
-def _clip_dataset(plans: tf.data.Dataset, store: TrackletStore, config: _ImageConfig,
+def _clip_dataset(plans: tf.data.Dataset, store: TrackletStore, config: ImageConfig,
                   clips_per_batch: int, augment: bool, finish) -> tf.data.Dataset:
     """Plans -> batches: ``finish(plan, clips (b, T, H, W, 3))`` gives each batch dict.
 
@@ -407,7 +287,7 @@ def _clip_dataset(plans: tf.data.Dataset, store: TrackletStore, config: _ImageCo
     per-pixel work (decode, resize, flip, normalise, erase), then frames regroup into clips.
     """
     frames = store.frames
-    transform = _frame_transform(config, augment)
+    transform = frame_transform(config, augment)
     seq_len, size = config.seq_len, tuple(config.image_size)
 
     def per_frame(plan):
@@ -630,3 +510,145 @@ def average_clip_features(features: np.ndarray, tracklet_ids: np.ndarray,
     sums = np.zeros((len(ids), features.shape[1]), np.float64)
     np.add.at(sums, inverse, features)
     return ids, (sums / counts[:, None]).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- from a config
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """The three splits of one dataset as host-memory tracklet stores."""
+
+    name: str
+    train: TrackletStore
+    query: TrackletStore
+    gallery: TrackletStore
+
+
+def _prepare(config: ml_collections.ConfigDict):
+    if config.dataset.synthetic:
+        from psta_jax.datasets import synthetic
+
+        synthetic.ensure(
+            datasets.raw_data_dir(
+                config.dataset.name, config.data_dir, config.dataset.raw_dir or None
+            )
+        )
+    return datasets.build(
+        config.dataset.name,
+        data_dir=config.data_dir,
+        raw_dir=config.dataset.raw_dir or None,
+        builder_config=config.dataset.builder_config or None,
+    )
+
+
+def open_dataset(config: ml_collections.ConfigDict) -> Splits:
+    """Prepares (once, by process 0) and loads the dataset `config.dataset` names."""
+    if jax.process_count() > 1:
+        if jax.process_index() == 0:
+            _prepare(config)
+        distributed.barrier("dataset_prepared")
+    builder = _prepare(config)
+    stores = {
+        split: load_tracklets(datasets.load_split(builder, split))
+        for split in ("train", "query", "gallery")
+    }
+    return Splits(name=config.dataset.name, **stores)
+
+
+def _image_fields(config: ml_collections.ConfigDict) -> dict:
+    return dict(
+        seq_len=config.model.seq_len,
+        image_size=tuple(config.model.image_size),
+        dtype=config.model.dtype,
+        num_parallel_calls=config.input.num_parallel_calls,
+        # The host stops at uint8 (4x fewer bytes to write and to copy to the devices);
+        # normalisation and erasing run inside the jitted step (prepare_train/eval_clips).
+        uint8_clips=True,
+    )
+
+
+def train_pipeline_config(config: ml_collections.ConfigDict) -> TrainPipelineConfig:
+    """The training pipeline a run's config describes."""
+    return TrainPipelineConfig(
+        identities_per_batch=config.batch.identities,
+        instances_per_identity=config.batch.instances,
+        sampler=config.input.train_sampler,
+        flip=config.input.flip,
+        erasing=config.input.erasing_prob > 0,
+        erasing_prob=config.input.erasing_prob,
+        **_image_fields(config),
+    )
+
+
+def eval_pipeline_config(config: ml_collections.ConfigDict) -> EvalPipelineConfig:
+    """The evaluation pipeline a run's config describes."""
+    return EvalPipelineConfig(
+        sampler=config.input.test_sampler, seed=config.seed, **_image_fields(config)
+    )
+
+
+class TrainData:
+    """The training split with the config's P x K sampling, for any start step."""
+
+    def __init__(self, store: TrackletStore, config: ml_collections.ConfigDict):
+        self.store = store
+        self.pipeline_config = train_pipeline_config(config)
+        index = build_identity_index(store.pids)
+        self.num_identities = index.num_identities
+        self.steps_per_epoch = self.num_identities // self.pipeline_config.identities_per_batch
+        self.global_batch_size = self.pipeline_config.global_batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"the training split has {self.num_identities} identities, fewer than "
+                f"config.batch.identities={self.pipeline_config.identities_per_batch}"
+            )
+        if self.global_batch_size % jax.device_count():
+            raise ValueError(
+                f"the global batch of {self.global_batch_size} clips (config.batch.identities x "
+                f"config.batch.instances) must divide evenly over {jax.device_count()} devices"
+            )
+
+    def iterator(self, *, seed: int, start_step: int) -> TrainIterator:
+        """This process's slice of every global batch from `start_step` on."""
+        return create_train_iterator(
+            self.store,
+            self.pipeline_config,
+            seed=seed,
+            start_step=start_step,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+
+
+def prepare_train_clips(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]:
+    """Device-side normalisation and erasing of the training pipeline's uint8 clips (a
+    `steps.PrepareClips`)."""
+    return functools.partial(augment.finish_clips, config=train_pipeline_config(config))
+
+
+def prepare_eval_clips(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]:
+    """Device-side normalisation of the evaluation pipeline's uint8 clips."""
+    return functools.partial(augment.finish_clips, config=eval_pipeline_config(config))
+
+
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    """The configured eval batch rounded up to a multiple of the device count."""
+    devices = jax.device_count()
+    return -(-config.input.eval_batch_size // devices) * devices
+
+
+def eval_iterator(store: TrackletStore, config: ml_collections.ConfigDict) -> EvalIterable:
+    """This process's evaluation batches of one split (query or gallery) under `config`."""
+    return create_eval_iterator(
+        store,
+        eval_pipeline_config(config),
+        batch_size=eval_batch_size(config),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def disable_tf_accelerators() -> None:
+    """tf.data runs on the host; accelerators belong to JAX."""
+    tf.config.set_visible_devices([], "GPU")

@@ -12,6 +12,7 @@ others are terminated and the launcher exits non-zero, naming the process that d
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import socket
@@ -20,6 +21,8 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+
+from psta_jax import errors
 
 _GRACE_SECONDS = 10.0
 
@@ -124,6 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--devices-per-process", type=int, default=1)
     parser.add_argument("--module", default="psta_jax.main", help="module each process runs")
     args = parser.parse_args(own)
+    if args.processes < 1 or args.devices_per_process < 1:
+        parser.error(
+            f"--processes and --devices-per-process must be >= 1, got {args.processes} and "
+            f"{args.devices_per_process}"
+        )
+    try:
+        found = importlib.util.find_spec(args.module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        parser.error(f"--module {args.module}: no such module importable from {os.getcwd()}")
     return launch(
         main_args,
         processes=args.processes,
@@ -133,4 +147,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run_cli(main))

@@ -2,7 +2,8 @@
 
 PSTA supervises every pyramid level (deep supervision): with one (logits, BN feature) pair
 per head, loss = mean_k CE_ls(logits_k) + mean_k Triplet(features_k), weights 1 : 1.
-Everything is computed in float32 whatever the input dtype (bfloat16 activations included).
+Everything is computed in at least float32 (bfloat16 activations included; float64 inputs
+stay float64, for the float64 parity tests).
 All functions are pure jnp, so they jit, grad and shard like any other array code; shape
 checks are static and raise ValueError at trace time.
 """
@@ -22,6 +23,10 @@ DISTANCES: tuple[str, ...] = ("cosine", "euclidean")
 # the gradient finite (zero) for duplicate features.
 _MIN_SQUARED_DISTANCE = 1e-12
 _NORMALISE_EPS = 1e-12
+
+
+def _compute_dtype(x: jax.Array) -> jnp.dtype:
+    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _check_labels(labels: jax.Array) -> None:
@@ -48,7 +53,7 @@ def cross_entropy_label_smooth(
       logits: (B, num_classes).
       labels: (B,) integer class ids in [0, num_classes).
     Returns:
-      A float32 scalar.
+      A scalar, float32 (float64 for float64 inputs).
     """
     _check_labels(labels)
     _check_matrix("logits", logits, labels.shape[0])
@@ -59,14 +64,17 @@ def cross_entropy_label_smooth(
         )
     if not 0.0 <= epsilon < 1.0:
         raise ValueError(f"epsilon (label smoothing) must be in [0, 1), got {epsilon}")
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    dtype = _compute_dtype(logits)
+    log_probs = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
+    # The release builds the smoothed targets in float32 (torch.zeros' default dtype) even
+    # for float64 logits: so do we, which keeps float64 runs equal to its float64 run.
     targets = (1.0 - epsilon) * jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    targets = targets + epsilon / num_classes
+    targets = (targets + epsilon / num_classes).astype(dtype)
     return jnp.mean(jnp.sum(-targets * log_probs, axis=-1))
 
 
 def pairwise_distance(features: jax.Array, *, distance: Distance = "cosine") -> jax.Array:
-    """All-pairs distances within one batch, float32.
+    """All-pairs distances within one batch, at least float32.
 
     'cosine': -(x̂ · ŷ) with L2-normalised rows (the release's --triplet_distance cosine);
     'euclidean': sqrt(max(|x - y|^2, 1e-12)), as the release (the clamp keeps the gradient
@@ -81,7 +89,7 @@ def pairwise_distance(features: jax.Array, *, distance: Distance = "cosine") -> 
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
     if features.ndim != 2:
         raise ValueError(f"features: expected shape (B, D), got {features.shape}")
-    x = features.astype(jnp.float32)
+    x = features.astype(_compute_dtype(features))
     if distance == "cosine":
         norms = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
         x = x / jnp.maximum(norms, _NORMALISE_EPS)
@@ -108,7 +116,7 @@ def batch_hard_triplet(
       features: (B, D).
       labels: (B,) integer labels.
     Returns:
-      A float32 scalar.
+      A scalar, float32 (float64 for float64 inputs).
     """
     _check_labels(labels)
     _check_matrix("features", features, labels.shape[0])
@@ -143,7 +151,8 @@ def psta_loss(
       features: one (B, D) array per head (the BN-neck outputs), or a single array.
       labels: (B,) dense integer labels.
     Returns:
-      (total, {'ce': mean CE, 'triplet': mean triplet}), float32 scalars.
+      (total, {'ce': mean CE, 'triplet': mean triplet}), scalars (float32, or float64
+      for float64 inputs).
     """
     logit_heads = _as_heads("logits", logits)
     feature_heads = _as_heads("features", features)

@@ -12,7 +12,7 @@ import logging as python_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from psta_jax import distributed
+from psta_jax import distributed, xla_cpu
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -36,14 +36,16 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    xla_cpu.configure_for_cpu_if_needed()  # before JAX starts its backends
     # Must run before any other JAX call: joins the other processes of a multi-host run.
     distributed.initialize_from_flags()
 
     import jax
 
-    from psta_jax import data, train
+    from psta_jax import input_pipeline, train
+    from psta_jax.evaluation import model_eval
 
-    data.disable_tf_accelerators()
+    input_pipeline.disable_tf_accelerators()
     logging.info(
         "JAX process %d/%d, %d local / %d global devices (%s)",
         jax.process_index(),
@@ -56,7 +58,7 @@ def main(argv: list[str]) -> None:
     if config.mode == "train":
         train.train_and_evaluate(config, FLAGS.workdir)
     elif config.mode == "evaluate":
-        train.evaluate_checkpoint(config, FLAGS.workdir)
+        model_eval.evaluate_checkpoint(config, FLAGS.workdir)
     else:
         raise app.UsageError(f"config.mode must be 'train' or 'evaluate', got {config.mode!r}")
 

@@ -1,17 +1,17 @@
-"""The jitted SPMD steps: one code path for 1 device, many devices and many hosts.
+"""The train state and the two jitted SPMD steps (train, embed): one code path for 1 device,
+many devices and many hosts.
 
-The train state is replicated over a 1-D device mesh (axis `data`) and each batch is sharded
-along it. The step is written as single-device code, so XLA computes the batch-hard triplet
-mining and every BatchNorm's statistics over the whole global batch, exactly as one device
-holding the whole P x K batch would (docs/design.md).
+The train state is replicated over the 1-D device mesh of `psta_jax.sharding` and each batch
+is sharded along it. The step is written as single-device code, so XLA computes the batch-hard
+triplet mining and every BatchNorm's statistics over the whole global batch, exactly as one
+device holding the whole P x K batch would (docs/design.md, "One SPMD program").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
@@ -22,13 +22,10 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from psta_jax import distributed, losses
+from psta_jax import losses
 from psta_jax.models.psta import PSTA
-
-DATA_AXIS = "data"
+from psta_jax.sharding import data_sharded, replicated
 
 # (clips (B, T, H, W, 3) uint8, erase (B, 4) int32 or None) -> normalised clips, on device.
 PrepareClips = Callable[[jax.Array, jax.Array | None], jax.Array]
@@ -73,31 +70,6 @@ def count_trainable(params: nnx.State) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-# ----------------------------------------------------------------------------- mesh
-
-
-def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
-    """A 1-D mesh over every device of every process, axis `data`."""
-    devices = devices if devices is not None else jax.devices()
-    return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def data_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """Global arrays from this process's slice of the batch (leading axis = batch)."""
-    sharding = data_sharded(mesh)
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
-    }
-
-
 # ----------------------------------------------------------------------------- steps
 
 
@@ -114,7 +86,7 @@ def train_step(
     """One optimisation step on a global batch {'clips' (B,T,H,W,3), 'labels' (B,)}.
 
     With `prepare_clips`, batches carry uint8 clips (and 'erase' rectangles) that it turns
-    into normalised, erased clips on the device (input_pipeline.finish_clips).
+    into normalised, erased clips on the device (augment.finish_clips).
 
     When the loss is not finite the returned state equals the input state (the host raises
     NonFiniteLossError on seeing metrics['finite'] == 0), so no NaN ever reaches a checkpoint.
@@ -226,79 +198,6 @@ def create_train_state(
         opt_state=tx.init(params),
     )
     return graphs, jax.device_put(state, replicated(mesh))
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def extract_features(
-    embed_fn: Callable,
-    state: TrainState,
-    batches: Iterator[Mapping[str, np.ndarray]],
-    mesh: jax.sharding.Mesh,
-) -> dict[str, np.ndarray]:
-    """Runs every eval batch through the model and gathers all processes' outputs.
-
-    Returns the concatenated, unmasked {'features', 'tracklet_ids', 'pids', 'camids'} of this
-    split, in the order batches arrive (all processes see the same global arrays).
-    """
-    gathered: dict[str, list[np.ndarray]] = {
-        "features": [],
-        "tracklet_ids": [],
-        "pids": [],
-        "camids": [],
-    }
-    for batch in batches:
-        clips = shard_batch({"clips": batch["clips"]}, mesh)["clips"]
-        features = embed_fn(state.params, state.model_state, clips)
-        local = {k: np.asarray(batch[k]) for k in ("tracklet_ids", "pids", "camids", "mask")}
-        local["features"] = _local_rows(features)
-        everything = _allgather(local)
-        mask = everything.pop("mask").astype(bool)
-        for key, value in everything.items():
-            gathered[key].append(value[mask])
-    return {k: np.concatenate(v) for k, v in gathered.items()}
-
-
-def _local_rows(array: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded global array, in order."""
-    shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
-    rows, seen = [], set()
-    for shard in shards:
-        start = shard.index[0].start or 0
-        if start in seen:
-            continue
-        seen.add(start)
-        rows.append(np.asarray(shard.data))
-    return np.concatenate(rows)
-
-
-def _allgather(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if jax.process_count() == 1:
-        return local
-    from jax.experimental import multihost_utils
-
-    distributed.barrier("allgather")  # processes may reach here far apart (compilation)
-    gathered = multihost_utils.process_allgather(local, tiled=True)
-    return {k: np.asarray(v) for k, v in gathered.items()}
-
-
-@dataclasses.dataclass
-class StepTimer:
-    """Clips per second over the steps since the last `rate` call."""
-
-    clips_per_step: int
-    _start: float = dataclasses.field(default_factory=time.perf_counter)
-    _steps: int = 0
-
-    def tick(self) -> None:
-        self._steps += 1
-
-    def rate(self) -> float:
-        now = time.perf_counter()
-        rate = self._steps * self.clips_per_step / max(now - self._start, 1e-9)
-        self._start, self._steps = now, 0
-        return rate
 
 
 def tree_to_host(tree: Any) -> Any:

@@ -1,50 +1,36 @@
-"""The main job: train with periodic evaluation, checkpoint, resume; or evaluate a checkpoint."""
+"""The main job: train with periodic evaluation, checkpoint, resume (evaluating a saved
+checkpoint is psta_jax.evaluation.model_eval.evaluate_checkpoint)."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections.abc import Mapping
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu.metric_writers import MetricWriter
 from etils import epath
 from flax import nnx
 
-from psta_jax import checkpointing, data, distributed, evaluation, optimizer, steps
+from psta_jax import (
+    checkpointing,
+    config_base,
+    distributed,
+    input_pipeline,
+    metric_writers,
+    optimizer,
+    progress,
+    sharding,
+    steps,
+)
+from psta_jax.evaluation import model_eval
 from psta_jax.models import build_model
 
 RESULTS_FILE = "results.json"
-METRICS_FILE = "metrics.jsonl"  # every logged scalar, one JSON object per line (process 0)
-
-
-class ScalarLog:
-    """Writes scalars to TensorBoard (clu) and, on process 0, to workdir/metrics.jsonl."""
-
-    def __init__(self, workdir: epath.Path):
-        self.is_main = jax.process_index() == 0
-        self.writer = metric_writers.create_default_writer(
-            os.fspath(workdir), just_logging=not self.is_main
-        )
-        self.path = workdir / METRICS_FILE
-
-    def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        self.writer.write_scalars(step, scalars)
-        if self.is_main:
-            with self.path.open("a") as f:
-                f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}))
-                f.write("\n")
-
-    def flush(self) -> None:
-        self.writer.flush()
-
-
-def _config_facts(config: ml_collections.ConfigDict, num_classes: int) -> dict:
-    return {"model": config.model.to_dict(), "num_classes": num_classes}
+METRICS_FILE = metric_writers.METRICS_FILE  # every logged scalar, one JSON object per line
 
 
 def _load_pretrained(model, config: ml_collections.ConfigDict) -> None:
@@ -71,9 +57,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     workdir_path = epath.Path(workdir)
     is_main = jax.process_index() == 0
-    mesh = steps.make_mesh()
-    splits = data.open_dataset(config)
-    train_data = data.TrainData(splits.train, config)
+    mesh = sharding.make_mesh()
+    splits = input_pipeline.open_dataset(config)
+    train_data = input_pipeline.TrainData(splits.train, config)
     num_classes = train_data.num_identities
     steps_per_epoch = train_data.steps_per_epoch
     total_steps = (
@@ -87,7 +73,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_every = _every(config.eval_every_steps, config.eval_every_epochs, steps_per_epoch)
 
     checkpointing.check_compatible(
-        checkpointing.read_config(workdir_path), _config_facts(config, num_classes), workdir
+        checkpointing.read_config(workdir_path), config_base.run_facts(config, num_classes), workdir
     )
     tx, schedule = optimizer.create_optimizer(config.optimizer, steps_per_epoch)
     model = build_model(config.model, num_classes, nnx.Rngs(config.seed))
@@ -101,49 +87,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if restored is not None:
         state = _with_restored(state, restored[1], mesh)
         logging.info("resumed from %s at step %d", workdir, int(state.step))
-    checkpointing.write_config(workdir_path, config, **_config_facts(config, num_classes))
+    checkpointing.write_config(workdir_path, config, **config_base.run_facts(config, num_classes))
 
     train_step = steps.compile_train_step(
-        graphs, tx, num_classes, config.loss, mesh, data.prepare_train_clips(config)
+        graphs, tx, num_classes, config.loss, mesh, input_pipeline.prepare_train_clips(config)
     )
-    embed_fn = steps.compile_embed(graphs, mesh, data.prepare_eval_clips(config))
-    log = ScalarLog(workdir_path)
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=log.writer)
+    embed_fn = steps.compile_embed(graphs, mesh, input_pipeline.prepare_eval_clips(config))
     start_step = int(state.step)
+    writer = metric_writers.create_metric_writer(workdir_path, resume_step=start_step)
+    train_progress = progress.TrainProgress(
+        num_train_steps=total_steps, clips_per_step=train_data.global_batch_size
+    )
+    profiler = progress.StepProfiler(workdir_path, *config.profile_steps)
     host_batches = train_data.iterator(seed=config.seed, start_step=start_step)
-    batches = (steps.shard_batch(batch, mesh) for batch in host_batches)
+    batches = (sharding.shard_batch(batch, mesh) for batch in host_batches)
     if start_step < total_steps:
         # Compile before the first collective, then line the processes up (see barrier).
         first_batch = next(batches)
         train_step = train_step.lower(state, first_batch).compile()
         distributed.barrier("train_step_compiled")
         batches = itertools.chain([first_batch], batches)
-    timer = steps.StepTimer(clips_per_step=train_data.global_batch_size)
     pending: list[dict] = []
     metrics: dict = {}
 
+    train_progress.start(start_step)
     try:
         for step in range(start_step + 1, total_steps + 1):
-            state, step_metrics = train_step(state, next(batches))
+            with profiler.step(step):
+                state, step_metrics = train_step(state, next(batches))
+            profiler.step_done(step, state)
             pending.append(step_metrics)
-            timer.tick()
-            progress(step)
             is_last = step == total_steps
-            if step % config.log_every_steps == 0 or is_last or step % checkpoint_every == 0:
-                _write_train_metrics(log, step, pending, schedule, timer)
+            checkpoint_now = step % checkpoint_every == 0 or is_last
+            if step % config.log_every_steps == 0 or checkpoint_now:
+                _write_train_metrics(writer, step, pending, schedule, train_progress)
                 pending = []
+            evaluated = None
             if step % eval_every == 0 or is_last:
-                metrics = evaluate(config, splits, embed_fn, state, mesh)
-                log.write(step, _scalar_metrics(metrics))
-                checkpoints.save_if_best(step, _items(state), {"mAP": metrics["mAP"], "step": step})
-            if step % checkpoint_every == 0 or is_last:
-                checkpoints.save(step, _items(state), {"step": step})
-    finally:  # an error (e.g. a NaN loss) still lets pending saves finish
+                with train_progress.timed("evaluation", wait_for=state):
+                    metrics = _evaluate(config, splits, embed_fn, state, mesh)
+                evaluated = _eval_scalars(metrics)
+                writer.write_scalars(step, {f"eval/{k}": v for k, v in evaluated.items()})
+            # One save per step: a checkpoint step, or an evaluation that beats the best mAP;
+            # an evaluated step carries its metrics, which rank it for the best-mAP slot.
+            if checkpoint_now or (evaluated and checkpoints.improves_best(evaluated)):
+                with train_progress.timed("checkpoint", wait_for=state):
+                    checkpoints.save(step, _items(state), metrics=evaluated)
+    finally:  # an error (e.g. a NaN loss) still lets pending saves and writes finish
+        profiler.stop()
         checkpoints.wait()
         checkpoints.close()
-    log.flush()
+        writer.close()
     if not metrics:  # resumed a finished run: evaluate what it left
-        metrics = evaluate(config, splits, embed_fn, state, mesh)
+        metrics = _evaluate(config, splits, embed_fn, state, mesh)
     if is_main:
         (workdir_path / RESULTS_FILE).write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -168,10 +164,16 @@ def _with_restored(state: steps.TrainState, items: Mapping, mesh) -> steps.Train
         model_state=items["model"]["model_state"],
         opt_state=items["opt"]["opt_state"],
     )
-    return jax.device_put(restored, steps.replicated(mesh))
+    return jax.device_put(restored, sharding.replicated(mesh))
 
 
-def _write_train_metrics(log: ScalarLog, step: int, pending: list[dict], schedule, timer) -> None:
+def _write_train_metrics(
+    writer: MetricWriter,
+    step: int,
+    pending: list[dict],
+    schedule,
+    train_progress: progress.TrainProgress,
+) -> None:
     host = jax.device_get(pending)
     finite = np.array([m["finite"] for m in host])
     if not finite.all():
@@ -182,63 +184,16 @@ def _write_train_metrics(log: ScalarLog, step: int, pending: list[dict], schedul
         )
     means = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
     means["learning_rate"] = float(schedule(step - 1))
-    means["clips_per_second"] = timer.rate()
-    log.write(step, {f"train/{k}": v for k, v in means.items()})
+    means.update(train_progress.report(step))  # steps/clips per second, training time only
+    writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
 
 
-def _scalar_metrics(metrics: Mapping) -> dict[str, float]:
-    return {f"eval/{k}": float(v) for k, v in metrics.items() if k == "mAP" or k.startswith("rank")}
+def _eval_scalars(metrics: Mapping) -> dict[str, float]:
+    """mAP and rank-k of an evaluation's JSON metrics."""
+    return {k: float(v) for k, v in metrics.items() if k == "mAP" or k.startswith("rank")}
 
 
-def evaluate(config, splits, embed_fn, state: steps.TrainState, mesh) -> dict:
-    """Features of every query and gallery tracklet, then CMC/mAP under the dataset's protocol."""
-    query = data.extract_tracklet_features(splits.query, config, embed_fn, state, mesh)
-    gallery = data.extract_tracklet_features(splits.gallery, config, embed_fn, state, mesh)
-    result = evaluation.evaluate(
-        query["features"],
-        gallery["features"],
-        query["pids"],
-        gallery["pids"],
-        query["camids"],
-        gallery["camids"],
-        protocol=config.dataset.protocol,
-        distance=config.eval.distance,
-        rerank=config.eval.rerank,
-        max_rank=config.eval.max_rank,
+def _evaluate(config, splits, embed_fn, state: steps.TrainState, mesh) -> dict:
+    return model_eval.evaluate_splits(
+        config, splits, embed_fn, state.params, state.model_state, mesh
     )
-    if jax.process_index() == 0:
-        logging.info("\n%s", evaluation.format_report(result))
-    return evaluation.to_json(result)
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Evaluate mode: restores a checkpoint's model (config.checkpoint, else the workdir's)."""
-    source = config.checkpoint or workdir
-    saved = checkpointing.read_config(checkpointing.resolve_model_checkpoint(source)[0])
-    mesh = steps.make_mesh()
-    splits = data.open_dataset(config)
-    num_classes = (saved or {}).get("num_classes") or data.TrainData(
-        splits.train, config
-    ).num_identities
-    checkpointing.check_compatible(saved, _config_facts(config, num_classes), str(source))
-    model = build_model(config.model, num_classes, nnx.Rngs(config.seed))
-    graphs, params, model_state = steps.split_model(model)
-    step, variables = checkpointing.restore_model_variables(
-        source, {"params": params, "model_state": model_state}
-    )
-    state = steps.TrainState(
-        step=np.int32(step),
-        params=variables["params"],
-        model_state=variables["model_state"],
-        opt_state=(),
-    )
-    state = jax.device_put(state, steps.replicated(mesh))
-    embed_fn = steps.compile_embed(graphs, mesh, data.prepare_eval_clips(config))
-    metrics = evaluate(config, splits, embed_fn, state, mesh)
-    metrics["checkpoint"] = os.fspath(source)
-    metrics["checkpoint_step"] = step
-    if jax.process_index() == 0:
-        out = epath.Path(workdir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-    return metrics

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from psta_jax import augment, sampling
 from psta_jax import input_pipeline as ip
-from psta_jax import sampling
 
 T = 4
 SIZE = (8, 4)  # (H, W) of the stored frames and of the clips: nothing is resized
@@ -199,7 +199,7 @@ def test_normalisation_values():
 
 def test_erasing_box_statistics():
     config = _config()
-    boxes = ip.draw_erasing_boxes(np.random.default_rng(0), 4000, 64, 32, config)
+    boxes = augment.draw_erasing_boxes(np.random.default_rng(0), 4000, 64, 32, config)
     top, left, h, w = boxes.T
     applied = h > 0
     assert 0.46 < applied.mean() < 0.54
@@ -208,7 +208,7 @@ def test_erasing_box_statistics():
     area = h[applied] * w[applied] / (64 * 32)
     assert area.min() > 0.01 and area.max() < 0.45
     assert 0.2 < np.median(area) < 0.3  # uniform area in [0.02, 0.4] minus rejected tall boxes
-    always = ip.draw_erasing_boxes(np.random.default_rng(0), 100, 64, 32,
+    always = augment.draw_erasing_boxes(np.random.default_rng(0), 100, 64, 32,
                                    _config(erasing_prob=1.0))
     assert (always[:, 2] > 0).all()
 
@@ -219,10 +219,10 @@ def test_resize_tracks_pil(method, pil, size):
     rng = np.random.default_rng(1)
     small = rng.integers(0, 256, (8, 4, 3), dtype=np.uint8)
     source = np.asarray(Image.fromarray(small).resize((16, 32), Image.BILINEAR))  # smooth
-    ours = ip._decode_resize(tf.io.encode_png(source), size, method, True).numpy()
+    ours = augment.decode_resize(tf.io.encode_png(source), size, method, True).numpy()
     ref = np.asarray(Image.fromarray(source).resize(size[::-1], pil)).astype(np.float32)
     assert np.abs(ours - ref).mean() < 0.5 and np.abs(ours - ref).max() <= 2
-    same = ip._decode_resize(tf.io.encode_png(source), (32, 16), method, True).numpy()
+    same = augment.decode_resize(tf.io.encode_png(source), (32, 16), method, True).numpy()
     np.testing.assert_array_equal(same, source)
 
 
@@ -295,7 +295,7 @@ def test_uint8_clips_finished_on_device_match_the_host_path(index_store):
     config = _config(**base, uint8_clips=True)
     deferred = next(ip.create_train_iterator(index_store, config, seed=4))
     assert deferred["clips"].dtype == np.uint8 and deferred["erase"].shape == (4, 4)
-    finished = np.asarray(ip.finish_clips(deferred["clips"], deferred["erase"], config))
+    finished = np.asarray(augment.finish_clips(deferred["clips"], deferred["erase"], config))
     np.testing.assert_allclose(finished, host["clips"], atol=1e-6)
     np.testing.assert_array_equal(deferred["labels"], host["labels"])
     eval_config = ip.EvalPipelineConfig(seq_len=T, image_size=(16, 8))
@@ -303,6 +303,6 @@ def test_uint8_clips_finished_on_device_match_the_host_path(index_store):
     deferred_config = ip.EvalPipelineConfig(seq_len=T, image_size=(16, 8), uint8_clips=True)
     deferred_eval = next(iter(ip.create_eval_iterator(index_store, deferred_config,
                                                       batch_size=4)))
-    np.testing.assert_allclose(np.asarray(ip.finish_clips(deferred_eval["clips"], None,
+    np.testing.assert_allclose(np.asarray(augment.finish_clips(deferred_eval["clips"], None,
                                                           deferred_config)),
                                host_eval["clips"], atol=1e-6)

@@ -1,5 +1,5 @@
 """psta_jax.inspection: pure helpers, then two tiny trained runs through the CLI
-(python -m psta_jax.inspect) and the notebook."""
+(python -m psta_jax.inspection) and the notebook."""
 
 import csv
 import json
@@ -21,9 +21,9 @@ from PIL import Image
 
 from psta_jax import config_base, evaluation, inspection, train
 from psta_jax.models import build_model
-from tests.conftest import REPO_ROOT
 from tests.helpers.tiny import tiny_run_config
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO_ROOT / "notebooks" / "ablation_inspection.ipynb"
 PRESETS = ("full", "baseline")
 FIGURES = ("attention", "retrieval", "tsne")
@@ -233,7 +233,7 @@ def test_cli_writes_the_table_and_every_figure(workdirs, tmp_path):
     out = tmp_path / "inspection"
     relative = [os.path.relpath(w, REPO_ROOT) for w in workdirs]  # as `make demo` workdirs are
     completed = subprocess.run(
-        [sys.executable, "-m", "psta_jax.inspect", "--workdirs", *relative, "--out", str(out),
+        [sys.executable, "-m", "psta_jax.inspection", "--workdirs", *relative, "--out", str(out),
          "--repeats", "1", "--top_k", "3", "--identities", "6"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]

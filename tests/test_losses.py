@@ -4,15 +4,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from psta_jax import losses
 
 
 # --- A straightforward PyTorch reference (the release's CrossEntropyLabelSmooth and batch-hard
-# --- TripletLoss with MarginRankingLoss), written for this test.
+# --- TripletLoss with MarginRankingLoss), written for this test. torch is optional (the
+# --- `torch` extra): the tests that compare with it import it through pytest.importorskip.
 def torch_ce_label_smooth(logits, labels, num_classes, epsilon=0.1):
+    import torch
+    from torch.nn import functional as F
+
     log_probs = F.log_softmax(logits, dim=1)
     onehot = torch.zeros_like(log_probs).scatter_(1, labels.unsqueeze(1), 1.0)
     targets = (1 - epsilon) * onehot + epsilon / num_classes
@@ -20,6 +22,8 @@ def torch_ce_label_smooth(logits, labels, num_classes, epsilon=0.1):
 
 
 def torch_distance(x, distance):
+    from torch.nn import functional as F
+
     if distance == "cosine":
         x = F.normalize(x, dim=1)
         return -(x @ x.t())
@@ -29,6 +33,8 @@ def torch_distance(x, distance):
 
 
 def torch_triplet(features, labels, margin=0.3, distance="cosine"):
+    import torch
+
     dist = torch_distance(features, distance)
     n = len(labels)
     d_ap, d_an = [], []
@@ -51,6 +57,7 @@ def _random_batch(seed, batch=8, dim=6, num_classes=5, heads=3):
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
 def test_psta_loss_matches_torch_reference(distance):
+    torch = pytest.importorskip("torch")
     logits, features, labels = _random_batch(0)
     total, parts = losses.psta_loss(
         tuple(map(jnp.asarray, logits)),

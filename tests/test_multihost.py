@@ -12,10 +12,11 @@ import psutil
 import pytest
 
 from psta_jax import launch, train
-from tests.conftest import REPO_ROOT
 from tests.helpers.tiny import restore_saved_params
 
 pytestmark = pytest.mark.xdist_group("multihost")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STEPS = 4
 
@@ -82,6 +83,14 @@ def test_two_processes_match_one_process_step_by_step(runs):
     ):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
     assert not os.path.exists(os.path.join(multi, "metrics.jsonl.1"))  # one writer
+    # The final evaluation gathers both processes' features: every tracklet, the same metrics.
+    one_eval, two_eval = (
+        json.loads(open(os.path.join(w, train.RESULTS_FILE)).read()) for w in (single, multi)
+    )
+    for key in ("num_queries", "num_gallery", "num_valid_queries"):
+        assert two_eval[key] == one_eval[key]
+    np.testing.assert_allclose(two_eval["cmc"], one_eval["cmc"], atol=1e-6)
+    assert two_eval["mAP"] == pytest.approx(one_eval["mAP"], abs=1e-5)
 
 
 def test_two_process_run_resumes_from_its_checkpoint(runs):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from psta_jax import config_base, losses, optimizer, steps
+from psta_jax import config_base, losses, optimizer, sharding, steps
 from psta_jax.models import FrozenParam, build_model
 from tests.conftest import REPO_ROOT
 from tests.helpers.tiny import tiny_batch, tiny_model_config
@@ -24,7 +24,7 @@ def setup():
     config = config_base.base_config()
     config.optimizer.warmup_epochs = 0
     tx, schedule = optimizer.create_optimizer(config.optimizer, steps_per_epoch=1)
-    mesh = steps.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh(jax.devices()[:1])
     model = build_model(tiny_model_config(), NUM_CLASSES, nnx.Rngs(0))
     graphs, state = steps.create_train_state(model, tx, mesh)
     step = steps.compile_train_step(graphs, tx, NUM_CLASSES, config.loss, mesh)
@@ -54,7 +54,7 @@ def test_step_minimises_release_loss_with_coupled_adam(setup):
     expected_loss, grads = nnx.value_and_grad(release_loss, argnums=nnx.DiffState(0, nnx.Param))(
         model
     )
-    new_state, metrics = step(jax.tree.map(jnp.copy, state), steps.shard_batch(batch, mesh))
+    new_state, metrics = step(jax.tree.map(jnp.copy, state), sharding.shard_batch(batch, mesh))
     np.testing.assert_allclose(float(metrics["loss"]), float(expected_loss), rtol=1e-5)
     assert float(metrics["finite"]) == 1.0
 
@@ -83,7 +83,7 @@ def test_non_finite_loss_keeps_the_state(setup):
     batch = tiny_batch(num_ids=2, per_id=2)
     batch["clips"][0, 0, 0, 0, 0] = np.nan
     before = steps.tree_to_host(state)
-    after, metrics = step(jax.tree.map(jnp.copy, state), steps.shard_batch(batch, mesh))
+    after, metrics = step(jax.tree.map(jnp.copy, state), sharding.shard_batch(batch, mesh))
     assert float(metrics["finite"]) == 0.0
     for x, y in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params), strict=True):
         np.testing.assert_array_equal(x, np.asarray(y))
@@ -120,11 +120,11 @@ def test_remat_and_bfloat16_steps(setup, override):
     """Rematerialised backbone blocks give the same step; bf16 compute keeps f32 parameters."""
     config, tx, mesh, _, state, step = setup
     batch = tiny_batch(num_ids=2, per_id=2)
-    reference, ref_metrics = step(jax.tree.map(jnp.copy, state), steps.shard_batch(batch, mesh))
+    reference, ref_metrics = step(jax.tree.map(jnp.copy, state), sharding.shard_batch(batch, mesh))
     model = build_model(tiny_model_config(**override), NUM_CLASSES, nnx.Rngs(0))
     graphs, variant_state = steps.create_train_state(model, tx, mesh)
     variant_step = steps.compile_train_step(graphs, tx, NUM_CLASSES, config.loss, mesh)
-    new_state, metrics = variant_step(variant_state, steps.shard_batch(batch, mesh))
+    new_state, metrics = variant_step(variant_state, sharding.shard_batch(batch, mesh))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
     tolerance = 1e-5 if "remat" in override else 5e-2
     np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=tolerance)

@@ -1,5 +1,7 @@
 """End to end on a tiny synthetic dataset: train, checkpoint, evaluate, kill-and-resume."""
 
+import collections
+import glob
 import json
 import os
 import shutil
@@ -13,10 +15,12 @@ import numpy as np
 import pytest
 
 from psta_jax import checkpointing, steps, train
-from tests.conftest import REPO_ROOT
+from psta_jax.evaluation import model_eval
 from tests.helpers.tiny import restore_saved_params, tiny_run_config
 
 pytestmark = pytest.mark.xdist_group("train_e2e")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOTAL_STEPS = 6
 
@@ -51,10 +55,24 @@ def finished_run(data_dir, tmp_path_factory):
     """An uninterrupted run of TOTAL_STEPS steps, checkpointing every 2 steps."""
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     config = tiny_run_config(
-        data_dir, num_train_steps=TOTAL_STEPS, checkpoint_every_steps=2, eval_every_steps=4
+        data_dir,
+        num_train_steps=TOTAL_STEPS,
+        checkpoint_every_steps=2,
+        eval_every_steps=4,
+        profile_steps=(5, 1),
     )
     metrics = train.train_and_evaluate(config, workdir)
     return workdir, metrics
+
+
+def _metric_rows(workdir) -> list[dict]:
+    with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+        return [json.loads(line) for line in f]
+
+
+def _assert_each_scalar_once_per_step(rows) -> None:
+    counts = collections.Counter((row["step"], k) for row in rows for k in row if k != "step")
+    assert max(counts.values()) == 1, [key for key, n in counts.items() if n > 1]
 
 
 def test_run_writes_checkpoints_logs_and_results(finished_run):
@@ -67,9 +85,44 @@ def test_run_writes_checkpoints_logs_and_results(finished_run):
     saved = json.loads(open(os.path.join(workdir, checkpointing.CONFIG_FILE)).read())
     assert saved["num_classes"] == 32 and saved["model"]["feature_dim"] == 32
     steps_saved = sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")))
-    assert steps_saved[-1] == TOTAL_STEPS and len(steps_saved) <= 3  # max_to_keep
-    assert os.listdir(os.path.join(workdir, checkpointing.BEST_DIR))
+    assert steps_saved == [2, 4, TOTAL_STEPS]  # max_to_keep 3, each step written once
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+    assert glob.glob(os.path.join(workdir, "plugins", "profile", "*", "*.xplane.pb"))
+
+
+def test_evaluated_steps_carry_their_metrics_and_every_scalar_is_logged(finished_run):
+    workdir, metrics = finished_run
+    rows = _metric_rows(workdir)
+    _assert_each_scalar_once_per_step(rows)
+    train_rows = {r["step"]: r for r in rows if "train/loss" in r}
+    eval_rows = {r["step"]: r for r in rows if "eval/mAP" in r}
+    assert sorted(train_rows) == [2, 4, 6] and sorted(eval_rows) == [4, 6]
+    for row in train_rows.values():
+        assert row["train/steps_per_second"] > 0
+        assert row["train/clips_per_second"] == pytest.approx(8 * row["train/steps_per_second"])
+    assert eval_rows[TOTAL_STEPS]["eval/mAP"] == pytest.approx(metrics["mAP"])
+    with checkpointing.Checkpoints(workdir) as saved:
+        for step in (4, 6):  # evaluated and checkpointed: the metrics went into that one save
+            assert saved.metrics(step)["mAP"] == pytest.approx(eval_rows[step]["eval/mAP"])
+        assert saved.metrics(2) is None
+        best = max((4, 6), key=lambda s: (eval_rows[s]["eval/mAP"], -s))
+        assert saved.best_step() == best
+    tensorboard = _tensorboard_scalars(workdir)
+    for row in rows:
+        for name, value in row.items():
+            if name != "step":
+                assert tensorboard[(row["step"], name)] == pytest.approx(value, rel=1e-6)
+
+
+def _tensorboard_scalars(workdir) -> dict[tuple[int, str], float]:
+    import tensorflow as tf
+
+    values = {}
+    for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                values[(event.step, value.tag)] = float(tf.make_ndarray(value.tensor))
+    return values
 
 
 def test_killed_run_resumes_to_the_same_parameters(finished_run, data_dir, tmp_path):
@@ -93,6 +146,9 @@ def test_killed_run_resumes_to_the_same_parameters(finished_run, data_dir, tmp_p
     resumed = _main(workdir, data_dir, *flags)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
+    rows = _metric_rows(workdir)
+    _assert_each_scalar_once_per_step(rows)
+    assert sorted(r["step"] for r in rows if "train/loss" in r) == [2, 4, 6]
     expected, actual = _params(reference_dir, TOTAL_STEPS), _params(workdir, TOTAL_STEPS)
     for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(actual), strict=True):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
@@ -111,6 +167,18 @@ def test_evaluate_mode_reproduces_the_final_metrics(finished_run, data_dir):
     assert evaluated["checkpoint_step"] == TOTAL_STEPS
     np.testing.assert_allclose(evaluated["mAP"], metrics["mAP"], rtol=1e-6)
     np.testing.assert_allclose(evaluated["cmc"], metrics["cmc"], rtol=1e-6)
+
+
+def test_evaluate_mode_on_a_workdir_reads_its_best_step(finished_run, data_dir, tmp_path):
+    workdir, _ = finished_run
+    with checkpointing.Checkpoints(workdir) as saved:
+        best = saved.best_step()
+        best_metrics = saved.metrics(best)
+    config = tiny_run_config(data_dir, checkpoint=workdir)
+    evaluated = model_eval.evaluate_checkpoint(config, str(tmp_path / "eval"))
+    assert evaluated["checkpoint_step"] == best
+    np.testing.assert_allclose(evaluated["mAP"], best_metrics["mAP"], rtol=1e-6)
+    assert json.loads((tmp_path / "eval" / model_eval.EVAL_RESULTS_FILE).read_text()) == evaluated
 
 
 def test_incompatible_checkpoint_is_a_clear_error(finished_run, data_dir, tmp_path):

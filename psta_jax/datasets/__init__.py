@@ -1,7 +1,11 @@
 """Video re-ID datasets as TFDS builders (MARS, DukeMTMC-VideoReID, iLIDS-VID, PRID-2011).
 
-Importing this package registers the four builders with TFDS ('mars', 'duke_video_reid',
-'ilids_vid', 'prid2011'); it does not import TensorFlow or touch any data.
+Importing this package registers the builders with TFDS ('mars', 'duke_video_reid',
+'ilids_vid', 'prid2011'); it does not import TensorFlow or touch any data. `BUILDERS` is
+discovered: every sub-package `<name>/` with a `<name>_dataset_builder.py` defining `Builder`
+(the TFDS layout) is a dataset, so adding one touches only its folder, its config and its test.
+Each builder class carries the dataset's facts: `name`, `EVAL_PROTOCOL`, `RELEASE_TEST_SAMPLER`,
+`RAW_FOLDER`, `NUM_CAMERAS`, `NUM_TRAIN_IDS` (see `reid_builder.ReidBuilder`).
 
     from psta_jax import datasets
     builder = datasets.build("mars", data_dir="data", raw_dir="data/synthetic_mars")
@@ -10,25 +14,23 @@ Importing this package registers the four builders with TFDS ('mars', 'duke_vide
 
 Raw data is read from `raw_dir` (default `<data_dir>/<raw folder>`, e.g. data/MARS); the
 prepared TFRecords go to `<data_dir>/tfds/<basename of raw_dir>/`, so a synthetic MARS and the
-real MARS never share a cache. A change in the split metadata files (MARS info/, the iLIDS-VID
-and PRID-2011 split files) prepares the dataset again; otherwise delete that folder to rebuild.
+real MARS never share a cache. Preparation decodes every frame and stops with the list of bad
+files (or leaves them out with `skip_bad_frames`). A prepared copy records its source (split
+files, every frame's name, size and mtime): when the raw folder changes, it is prepared again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import os
-import shutil
+import pkgutil
 from typing import TYPE_CHECKING
 
 import tensorflow_datasets as tfds
-from absl import logging
 
-from psta_jax.datasets import raw_io, reid_builder
-from psta_jax.datasets.duke_video_reid import duke_video_reid_dataset_builder
-from psta_jax.datasets.ilids_vid import ilids_vid_dataset_builder
-from psta_jax.datasets.mars import mars_dataset_builder
-from psta_jax.datasets.prid2011 import prid2011_dataset_builder
+from psta_jax.datasets import preparation, reid_builder
 from psta_jax.datasets.raw_io import CorruptRawDataError, MissingRawDataError, RawDataError
 
 if TYPE_CHECKING:
@@ -48,12 +50,26 @@ __all__ = [
     "reid_info",
 ]
 
-BUILDERS: dict[str, type[reid_builder.ReidBuilder]] = {
-    "mars": mars_dataset_builder.Builder,
-    "duke_video_reid": duke_video_reid_dataset_builder.Builder,
-    "ilids_vid": ilids_vid_dataset_builder.Builder,
-    "prid2011": prid2011_dataset_builder.Builder,
-}
+
+
+def _discover_builders() -> dict[str, type[reid_builder.ReidBuilder]]:
+    """{name: Builder} of every sub-package `<name>/<name>_dataset_builder.py`, by name."""
+    builders = {}
+    for package in pkgutil.iter_modules(__path__):
+        module_name = f"{__name__}.{package.name}.{package.name}_dataset_builder"
+        if not package.ispkg or importlib.util.find_spec(module_name) is None:
+            continue
+        cls = importlib.import_module(module_name).Builder
+        if not issubclass(cls, reid_builder.ReidBuilder) or cls.name != package.name:
+            raise TypeError(
+                f"{module_name}.Builder must subclass reid_builder.ReidBuilder and be named "
+                f"{package.name!r} (TFDS names builders after their module), got {cls!r}"
+            )
+        builders[cls.name] = cls
+    return dict(sorted(builders.items()))
+
+
+BUILDERS: dict[str, type[reid_builder.ReidBuilder]] = _discover_builders()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +122,12 @@ def build(
     data_dir: str = "data",
     raw_dir: str | None = None,
     builder_config: str | int | None = None,
+    skip_bad_frames: bool = False,
 ) -> tfds.core.DatasetBuilder:
     """Returns the prepared builder of dataset `name`, preparing it from the raw folder if needed.
+
+    Preparation decodes every frame first and stops with a list of the bad ones; a copy
+    prepared from a raw folder that has changed since is prepared again (`preparation`).
 
     Args:
       name: 'mars', 'duke_video_reid', 'ilids_vid' or 'prid2011'.
@@ -115,34 +135,16 @@ def build(
         TFRecords go to `<data_dir>/tfds/<basename of the raw folder>/`.
       raw_dir: the raw dataset folder (e.g. 'data/synthetic_mars' for the synthetic MARS).
       builder_config: iLIDS-VID / PRID-2011 split, 'split_0'..'split_9' or 0..9 (default 0).
+      skip_bad_frames: leave undecodable frames out (the tracklet counts as shorter) instead
+        of stopping.
     """
     cls = builder_class(name)
     config = _config_name(cls, builder_config)
     raw = raw_data_dir(name, data_dir, raw_dir)
     prepared = prepared_data_dir(data_dir, raw)
-    builder = cls(data_dir=prepared, config=config, file_format="tfrecord")
-    if builder.is_prepared():
-        if not cls.FINGERPRINT_FILES or not os.path.isdir(raw):
-            return builder
-        if builder.info.metadata.get("raw_fingerprint") == cls.raw_fingerprint(raw):
-            return builder
-        logging.warning(
-            "%s: the split files in %s changed since %s was prepared; preparing it again",
-            cls.TITLE,
-            raw,
-            builder.data_dir,
-        )
-        shutil.rmtree(builder.data_dir)
-        builder = cls(data_dir=prepared, config=config, file_format="tfrecord")
-    if not os.path.isdir(raw):
-        raise raw_io.MissingRawDataError(
-            f"{cls.TITLE}: raw dataset folder not found at {raw} (and nothing prepared at "
-            f"{builder.data_dir}).\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-        )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=raw), file_format="tfrecord"
+    return preparation.prepare(
+        cls, prepared_dir=prepared, config=config, raw=raw, skip_bad_frames=skip_bad_frames
     )
-    return builder
 
 
 def load_split(

@@ -6,15 +6,18 @@ scripts stay cheap to import.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import scipy.io
+
+from psta_jax.errors import UserError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -23,9 +26,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # (scipy would write the current time there).
 _MAT_HEADER = b"MATLAB 5.0 MAT-file, written by psta_jax"
 _MAT_HEADER_BYTES = 116
+_CHECK_CHUNK = 256  # Frames per task of `find_bad_frames` (one future per frame costs memory).
 
 
-class RawDataError(Exception):
+class RawDataError(UserError):
     """Base class for problems with a raw dataset on disk."""
 
 
@@ -55,8 +59,17 @@ def require_exists(
         raise missing(dataset, path, what, layout)
 
 
-def fingerprint(root: os.PathLike | str, relative_paths: Iterable[str]) -> str:
-    """SHA-256 over the contents of a dataset's metadata files (absent files count as absent)."""
+def fingerprint(
+    root: os.PathLike | str,
+    relative_paths: Iterable[str],
+    frame_paths: Iterable[os.PathLike | str] = (),
+) -> str:
+    """SHA-256 over what a prepared dataset is built from.
+
+    That is the contents of the metadata files `relative_paths` (absent files count as
+    absent) and the name, size and modification time of every frame in `frame_paths`, so a
+    replaced, resized, touched, added or removed frame changes it. Costs one `stat` per frame.
+    """
     digest = hashlib.sha256()
     for relative in relative_paths:
         digest.update(relative.encode() + b"\0")
@@ -67,6 +80,16 @@ def fingerprint(root: os.PathLike | str, relative_paths: Iterable[str]) -> str:
                     digest.update(chunk)
         else:
             digest.update(b"<absent>")
+    prefix = os.path.join(os.fspath(root), "")
+    for path in map(os.fspath, frame_paths):
+        try:
+            stat = os.stat(path)
+            facts = f"{stat.st_size} {stat.st_mtime_ns}"
+        except FileNotFoundError:
+            facts = "<absent>"
+        # The path relative to root (the prefix test is cheaper than os.path.relpath).
+        name = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
+        digest.update(f"{name}\0{facts}\0".encode())
     return digest.hexdigest()
 
 
@@ -105,6 +128,68 @@ def check_decodable(dataset: str, path: os.PathLike | str, data: bytes) -> tuple
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...) for bad data.
         raise CorruptRawDataError(f"{dataset}: cannot decode image {os.fspath(path)}: {e}") from e
     return height, width
+
+
+def _ends_cleanly(data: bytes, image_format_name: str) -> bool:
+    """Whether the encoded file ends with its end marker (JPEG EOI, PNG IEND chunk).
+
+    Decoders accept a JPEG cut short or with garbage after its headers (libjpeg only warns
+    and fills the rest with grey), so a missing end marker is what exposes those files.
+    Trailing NUL and whitespace padding after the marker is allowed.
+    """
+    if image_format_name == "jpeg":
+        return data.rstrip(b"\0\r\n\t ").endswith(b"\xff\xd9")
+    return b"IEND" in data[-16:]
+
+
+def frame_problem(path: os.PathLike | str) -> str | None:
+    """What is wrong with one frame file, or None if it is a complete, decodable JPEG/PNG.
+
+    Reads the file, checks its magic bytes and end marker, and decodes every pixel with PIL.
+    """
+    from PIL import Image  # Deferred: only needed while preparing a dataset.
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    kind = image_format(data)
+    if kind is None:
+        return f"is not a JPEG or PNG image ({len(data)} bytes, starts with {data[:8]!r})"
+    if not _ends_cleanly(data, kind):
+        return (
+            f"is truncated or damaged: the {kind.upper()} end marker is missing "
+            f"({len(data)} bytes)"
+        )
+    try:
+        with Image.open(io.BytesIO(data), formats=[kind.upper()]) as image:
+            image.load()
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...) for bad data.
+        return f"cannot be decoded ({e})"
+    return None
+
+
+def find_bad_frames(
+    paths: Sequence[os.PathLike | str], *, max_workers: int | None = None
+) -> dict[str, str]:
+    """Decodes every frame of `paths` in parallel; returns {path: problem} for the bad ones.
+
+    Threads suffice: PIL releases the GIL while it decodes and while it reads the file.
+    """
+    workers = max_workers or min(32, (os.cpu_count() or 1) + 4)
+    unique = list(dict.fromkeys(os.fspath(p) for p in paths))
+    chunks = [unique[i : i + _CHECK_CHUNK] for i in range(0, len(unique), _CHECK_CHUNK)]
+
+    def check(chunk: list[str]) -> dict[str, str]:
+        found = ((path, frame_problem(path)) for path in chunk)
+        return {path: problem for path, problem in found if problem is not None}
+
+    bad: dict[str, str] = {}
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for found in pool.map(check, chunks):
+            bad.update(found)
+    return bad
 
 
 def read_lines(path: os.PathLike | str) -> list[str]:

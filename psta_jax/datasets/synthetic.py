@@ -10,7 +10,7 @@ The MARS builder reads the result unchanged (`datasets.build('mars', raw_dir=...
           N x 4 [start, end, pid, camera], 1-based inclusive rows), tracks_test_info.mat
           (track_test_info, rows sorted by pid: -1, 0, real ids), query_IDX.mat (query_IDX,
           uint16 1 x Q, 1-based rows, ascending)
-    <out>/SYNTHETIC.json                  the generator config (not part of MARS)
+    <out>/SYNTHETIC.json                  the generator config and the files it wrote (not MARS)
 
 A person is a figure of coloured parts (hair, skin, upper body with a pattern, legs, shoes, an
 optional bag) that walks (leg swing) and jitters from frame to frame. Each camera has its own
@@ -30,11 +30,15 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 
 import numpy as np
+from absl import logging
 
+from psta_jax import errors
 from psta_jax.datasets import raw_io
+from psta_jax.errors import UserError
 
 MARKER_FILE = "SYNTHETIC.json"
 _MAX_PID = 1500  # Pids are drawn from 1.._MAX_PID (MARS folders hold 4-digit pids).
@@ -354,6 +358,65 @@ def _query_rows(test_specs: list[TrackletSpec], rng: np.random.Generator) -> np.
     return np.sort([int(rng.choice(rows)) for _, rows in sorted(by_pair.items())])
 
 
+class SyntheticFolderError(UserError, FileExistsError):
+    """The output folder holds files the generator did not write (they are never deleted)."""
+
+
+def _all_files(root: str) -> dict[str, int]:
+    """{path relative to root: size} of every file under `root`."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            found[os.path.relpath(path, root)] = os.path.getsize(path)
+    return found
+
+
+def foreign_files(out: str) -> list[str]:
+    """Files under `out` that are not the generator's untouched output (relative paths).
+
+    The marker file lists every file the generator wrote with its size; an added, resized or
+    missing file, or a marker without that list (an older version wrote it), shows that the
+    folder holds something a user may want to keep. A missing file counts as '<name> (missing)'.
+    """
+    marker = os.path.join(out, MARKER_FILE)
+    try:
+        with open(marker) as f:
+            written = json.load(f).get("files")
+    except (OSError, ValueError):
+        written = None
+    found = _all_files(out)
+    found.pop(MARKER_FILE, None)
+    if not isinstance(written, dict):
+        return sorted(found)
+    changed = [name for name, size in found.items() if written.get(name) != size]
+    missing = [f"{name} (missing)" for name in written if name not in found]
+    return sorted(changed) + sorted(missing)
+
+
+def _config_difference(out: str, config: SyntheticConfig) -> str:
+    """'num_train_ids 40 -> 32, ...' between the config recorded in `out` and `config`."""
+    try:
+        with open(os.path.join(out, MARKER_FILE)) as f:
+            recorded = json.load(f)["config"]
+    except (OSError, ValueError, KeyError):
+        return "unknown config"
+    wanted = dataclasses.asdict(config)
+    changes = [f"{k} {recorded.get(k)} -> {v}" for k, v in wanted.items() if recorded.get(k) != v]
+    return ", ".join(changes) or "same config"
+
+
+def _refuse(out: str, why: str, foreign: list[str]) -> SyntheticFolderError:
+    listed = ", ".join(foreign[:10])
+    if len(foreign) > 10:
+        listed += f" and {len(foreign) - 10} more"
+    return SyntheticFolderError(
+        f"synthetic MARS: {out} {why}, and it holds files the generator did not write or that "
+        f"changed since: {listed}. Nothing was deleted. Move those files elsewhere, delete "
+        f"{out} yourself, or point --config.dataset.raw_dir (or --out) at a new folder."
+    )
+
+
 def generate(out: str, config: SyntheticConfig = SyntheticConfig()) -> dict[str, int]:
     """Writes the synthetic dataset to the new (or empty) folder `out`; returns its statistics.
 
@@ -362,13 +425,35 @@ def generate(out: str, config: SyntheticConfig = SyntheticConfig()) -> dict[str,
     """
     config.validate()
     if os.path.exists(out) and os.listdir(out):
-        raise FileExistsError(f"synthetic MARS: {out} exists and is not empty")
+        raise _refuse(out, "exists and is not empty", sorted(_all_files(out)) or os.listdir(out))
     partial = os.path.normpath(out) + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     stats = _write_dataset(partial, config)
     if os.path.isdir(out):
         os.rmdir(out)  # Empty (checked above).
     os.rename(partial, out)
+    return stats
+
+
+def replace(out: str, config: SyntheticConfig) -> dict[str, int]:
+    """Regenerates `out` with `config` if it holds only the generator's untouched output.
+
+    Otherwise raises `SyntheticFolderError` naming the other files, and deletes nothing. The
+    old dataset is lost only in appearance: the same config and seed rewrite it byte for byte.
+    """
+    foreign = foreign_files(out)
+    if foreign:
+        difference = _config_difference(out, config)
+        raise _refuse(out, f"holds a synthetic dataset ({difference})", foreign)
+    config.validate()
+    partial = os.path.normpath(out) + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    stats = _write_dataset(partial, config)
+    previous = os.path.normpath(out) + ".previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    os.rename(out, previous)
+    os.rename(partial, out)
+    shutil.rmtree(previous)
     return stats
 
 
@@ -415,25 +500,32 @@ def _write_dataset(out: str, config: SyntheticConfig) -> dict[str, int]:
         "train_frames": len(train_names),
         "test_frames": len(test_names),
     }
+    marker = {"config": dataclasses.asdict(config), "stats": stats, "files": _all_files(out)}
     with open(os.path.join(out, MARKER_FILE), "w") as f:
-        json.dump(
-            {"config": dataclasses.asdict(config), "stats": stats}, f, indent=2, sort_keys=True
-        )
+        json.dump(marker, f, indent=2, sort_keys=True)
     return stats
 
 
 def ensure(out: str, config: SyntheticConfig = SyntheticConfig()) -> bool:
     """Generates `out` unless it already holds this exact config; returns True if it wrote.
 
-    A folder written by an earlier, different config is replaced (its marker file proves it is
-    synthetic); any other non-empty folder is left alone and raises FileExistsError.
+    A folder written by the generator with another config is regenerated only while it holds
+    nothing but the generator's untouched files (`replace`); a folder with any other file is
+    never deleted: `SyntheticFolderError` says which files and what to do.
     """
     marker = os.path.join(out, MARKER_FILE)
     if os.path.isfile(marker):
         with open(marker) as f:
-            if json.load(f)["config"] == dataclasses.asdict(config):
-                return False
-        shutil.rmtree(out)
+            recorded = json.load(f).get("config")
+        if recorded == dataclasses.asdict(config):
+            return False
+        logging.warning(
+            "synthetic MARS: %s was generated with another config (%s); regenerating it",
+            out,
+            _config_difference(out, config),
+        )
+        replace(out, config)
+        return True
     generate(out, config)
     return True
 
@@ -444,7 +536,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", required=True, help="output folder, e.g. data/synthetic_mars")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an earlier synthetic dataset at --out"
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier synthetic dataset at --out (only if it holds nothing else)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the full traceback of an expected error"
     )
     defaults = SyntheticConfig()
     for field in dataclasses.fields(SyntheticConfig):
@@ -458,10 +555,11 @@ def main(argv: list[str] | None = None) -> None:
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(SyntheticConfig)}
     )
     if args.overwrite and os.path.isfile(os.path.join(args.out, MARKER_FILE)):
-        shutil.rmtree(args.out)
-    stats = generate(args.out, config)
+        stats = replace(args.out, config)
+    else:
+        stats = generate(args.out, config)
     print(f"wrote synthetic MARS to {args.out}: {stats}")
 
 
 if __name__ == "__main__":
-    main()
+    errors.run_cli(main, verbose="--verbose" in sys.argv)

@@ -3,10 +3,17 @@
 - `cmc_map` / `rank_metrics` (metrics.py): CMC and mAP from a distance matrix, identical to the
   release's evaluate with a stable sort, vectorised and chunked.
 - `pairwise_distance` (distance.py): cosine (release) or squared Euclidean distances.
-- `evaluate`, `PROTOCOLS`, `average_over_splits` (protocols.py): features -> metrics under a
-  named dataset protocol (mars, mars_torchreid, mars_matlab, duke, ilids_vid, prid2011).
+- `evaluate`, `distance_matrix`, `PROTOCOLS`, `average_over_splits` (protocols.py): features
+  -> metrics under a named dataset protocol (mars, mars_torchreid, mars_matlab, duke,
+  ilids_vid, prid2011); the distances `evaluate` ranks.
 - `k_reciprocal_rerank` (rerank.py): optional re-ranking (Zhong et al., CVPR 2017).
 - `format_report`, `to_json` (report.py).
+
+Evaluating a model (these import JAX and TensorFlow, so they are not imported here):
+- `features.py`: `tracklet_features` (a compiled embedding + eval batches -> one feature per
+  tracklet, gathered from every process), `split_features` (a split under a run's config).
+- `model_eval.py`: `evaluate_splits` (query and gallery features -> metrics, the train loop's
+  evaluation), `restore_model`, `evaluate_checkpoint` (evaluate mode of psta_jax.main).
 """
 
 from psta_jax.evaluation.distance import METRICS, l2_normalise, pairwise_distance
@@ -17,6 +24,7 @@ from psta_jax.evaluation.protocols import (
     Protocol,
     SplitSummary,
     average_over_splits,
+    distance_matrix,
     evaluate,
     get_protocol,
 )
@@ -35,6 +43,7 @@ __all__ = [
     "SplitSummary",
     "average_over_splits",
     "cmc_map",
+    "distance_matrix",
     "evaluate",
     "format_report",
     "get_protocol",

@@ -1,6 +1,6 @@
 """Dataset evaluation protocols, `evaluate` (features -> metrics) and the 10-split summary.
 
-Presets (see ../shared/docs/video_reid_protocol.md, section 2):
+Presets (see docs/design.md, "Evaluation protocols"):
 - `mars` (default): the 1,980 queries appended in front of the 9,330 gallery (11,310 items), as
   PSTA, AP3D and TKP evaluate MARS; step AP; invalid queries skipped (none on real MARS).
 - `mars_torchreid`: the 9,330 gallery only, as torchreid; step AP; invalid queries skipped (140
@@ -109,6 +109,33 @@ def _ids(name: str, ids: np.ndarray, length: int) -> np.ndarray:
     return ids
 
 
+def distance_matrix(
+    query_features: np.ndarray,
+    gallery_features: np.ndarray,
+    distance: Metric = "cosine",
+    *,
+    rerank: bool = False,
+    rerank_params: RerankParams | None = None,
+) -> np.ndarray:
+    """(num_query, num_gallery) distances that `evaluate` ranks: `pairwise_distance`, or with
+    `rerank` the k-reciprocal re-ranked distances of the (non-negative) pairwise ones."""
+    if not rerank:
+        return pairwise_distance(query_features, gallery_features, distance)
+    # Re-ranking weighs neighbours by exp(-d): shift cosine (-cos) to 1 - cos, clamped at 0
+    # against float32 rounding.
+    shift = 1.0 if distance == "cosine" else 0.0
+
+    def nonnegative(a, b):
+        return np.maximum(pairwise_distance(a, b, distance) + shift, 0.0)
+
+    return k_reciprocal_rerank(
+        nonnegative(query_features, gallery_features),
+        nonnegative(query_features, query_features),
+        nonnegative(gallery_features, gallery_features),
+        rerank_params or RerankParams(),
+    )
+
+
 def evaluate(
     query_features: np.ndarray,
     gallery_features: np.ndarray,
@@ -158,22 +185,9 @@ def evaluate(
         g_pids = np.concatenate([q_pids, g_pids])
         g_camids = np.concatenate([q_camids, g_camids])
 
-    if not rerank:
-        distmat = pairwise_distance(query, gallery, distance)
-    else:
-        # Re-ranking weighs neighbours by exp(-d): shift cosine (-cos) to 1 - cos, clamped at 0
-        # against float32 rounding.
-        shift = 1.0 if distance == "cosine" else 0.0
-
-        def nonnegative(a, b):
-            return np.maximum(pairwise_distance(a, b, distance) + shift, 0.0)
-
-        distmat = k_reciprocal_rerank(
-            nonnegative(query, gallery),
-            nonnegative(query, query),
-            nonnegative(gallery, gallery),
-            rerank_params or RerankParams(),
-        )
+    distmat = distance_matrix(
+        query, gallery, distance, rerank=rerank, rerank_params=rerank_params
+    )
     metrics = rank_metrics(
         distmat,
         q_pids,

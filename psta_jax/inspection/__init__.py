@@ -1,5 +1,6 @@
 """Inspecting trained runs: the paper's ablation table (Tables 1/2), attention maps (Figure 4),
-retrieval (Figure 5) and t-SNE (Figure 6). `python -m psta_jax.inspect` writes them all.
+retrieval (Figure 5) and t-SNE (Figure 6). `python -m psta_jax.inspection` writes them all
+(`__main__.py`).
 
 - `runs`: a workdir as a `Run` (config, best-else-latest checkpoint, splits, features).
 - `table`: `ablation_table`, `table_markdown`, `write_table` (parameters and XLA FLOPs of the

@@ -24,7 +24,7 @@ class RetrievalEntry:
     pid: int
     camid: int
     distance: float
-    match: bool
+    match: bool | None  # None: the identity is unknown (drawn grey, without a mark)
 
 
 def rank_gallery(distances: np.ndarray, q_pid: int, q_camid: int, g_pids: np.ndarray,
@@ -61,7 +61,7 @@ def retrieve(run: Run, query: int, top_k: int = 5) -> list[RetrievalEntry]:
             for rank, (i, match) in enumerate(zip(order, matches, strict=True), start=1)]
 
 
-MATCH_COLOURS = {True: "tab:green", False: "tab:red"}
+MATCH_COLOURS = {True: "tab:green", False: "tab:red", None: "tab:gray"}
 
 
 def plot_retrieval(query_frames: Sequence[np.ndarray],
@@ -69,13 +69,17 @@ def plot_retrieval(query_frames: Sequence[np.ndarray],
                    entries: Sequence[RetrievalEntry], *, query_label: str = "query",
                    title: str = "", path: str | os.PathLike | None = None) -> Figure:
     """Figure 5: the query tracklet, then one row per ranked tracklet framed green (true
-    match, ✓) or red (false, ✗)."""
+    match, ✓) or red (false, ✗); grey without pid and camera when the identity is unknown."""
     if len(ranked_frames) != len(entries):
         raise ValueError(f"got {len(ranked_frames)} ranked tracklets for {len(entries)} entries")
     rows = [(query_label, list(query_frames), "black")]
     for entry, frames in zip(entries, ranked_frames, strict=True):
-        mark = "✓" if entry.match else "✗"
-        label = f"{mark} #{entry.rank} pid {entry.pid}\ncam {entry.camid} d={entry.distance:.3f}"
+        if entry.match is None:
+            label = f"#{entry.rank}\nd={entry.distance:.3f}"
+        else:
+            mark = "✓" if entry.match else "✗"
+            label = (f"{mark} #{entry.rank} pid {entry.pid}\n"
+                     f"cam {entry.camid} d={entry.distance:.3f}")
         rows.append((label, list(frames), MATCH_COLOURS[entry.match]))
     columns = max(len(frames) for _, frames, _ in rows)
     fig = new_figure((1.0 * columns + 1.6, 1.9 * len(rows) + 0.4))

@@ -17,10 +17,12 @@ from etils import epath
 from flax import nnx
 from PIL import Image
 
-from psta_jax import checkpointing, data, evaluation, input_pipeline, steps
-from psta_jax.models import PSTA, build_model
+from psta_jax import checkpointing, evaluation, input_pipeline, sharding, steps
+from psta_jax.evaluation import features as features_lib
+from psta_jax.evaluation import model_eval
+from psta_jax.models import PSTA
 
-RESULT_FILES = ("results.json", "eval_results.json")
+RESULT_FILES = ("results.json", model_eval.EVAL_RESULTS_FILE)
 
 
 @dataclasses.dataclass(eq=False)
@@ -41,17 +43,12 @@ class Run:
     model_state: nnx.State
     results: dict | None
     mesh: jax.sharding.Mesh
-    splits: data.Splits | None = None
+    splits: input_pipeline.Splits | None = None
     _programs: dict[str, Callable] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def aggregation(self) -> str:
         return effective_aggregation(self.config.model)
-
-    @property
-    def state(self) -> steps.TrainState:
-        return steps.TrainState(step=np.int32(self.step), params=self.params,
-                                model_state=self.model_state, opt_state=())
 
     def model(self) -> PSTA:
         """The eval-mode PSTA (a fresh module sharing this run's arrays)."""
@@ -73,12 +70,13 @@ class Run:
         """{'query', 'gallery'}: {'features' (N, D), 'pids', 'camids', 'tracklet_ids'}."""
         splits = self.require_splits()
         return {
-            name: data.extract_tracklet_features(
-                getattr(splits, name), self.config, self.embed_fn, self.state, self.mesh)
+            name: features_lib.split_features(
+                getattr(splits, name), self.config, self.embed_fn, self.params,
+                self.model_state, self.mesh)
             for name in ("query", "gallery")
         }
 
-    def require_splits(self) -> data.Splits:
+    def require_splits(self) -> input_pipeline.Splits:
         if self.splits is None:
             raise ValueError(f"run {self.name!r} was loaded without its dataset; "
                              "use load_run(..., load_data=True)")
@@ -87,8 +85,8 @@ class Run:
 
 def prepare_clips(config: ml_collections.ConfigDict) -> steps.PrepareClips | None:
     """What turns the eval pipeline's clips into model inputs on the device (None: as is)."""
-    if data.eval_pipeline_config(config).uint8_clips:
-        return data.prepare_eval_clips(config)
+    if input_pipeline.eval_pipeline_config(config).uint8_clips:
+        return input_pipeline.prepare_eval_clips(config)
     return None
 
 
@@ -106,7 +104,7 @@ def read_run_config(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDi
     if not path.exists():
         raise FileNotFoundError(
             f"{path} not found: expected a training workdir written by psta_jax.main "
-            "(config.json beside best/ or checkpoints/)")
+            "(config.json beside checkpoints/)")
     payload = json.loads(path.read_text())
     num_classes = payload.pop("num_classes", None)
     if not isinstance(num_classes, int) or "model" not in payload:
@@ -125,7 +123,7 @@ def read_results(workdir: str | os.PathLike) -> dict | None:
 
 
 def load_run(workdir: str | os.PathLike, *, name: str | None = None, load_data: bool = True,
-             splits: data.Splits | None = None) -> Run:
+             splits: input_pipeline.Splits | None = None) -> Run:
     """Restores a workdir's best checkpoint (else its latest) into an eval-mode model.
 
     The model is built abstractly (no initialisers run) and filled from the checkpoint.
@@ -133,14 +131,10 @@ def load_run(workdir: str | os.PathLike, *, name: str | None = None, load_data: 
     """
     workdir = _absolute(workdir)
     config, num_classes = read_run_config(workdir)
-    abstract = nnx.eval_shape(lambda: build_model(config.model, num_classes, nnx.Rngs(0)))
-    graphs, params, model_state = steps.split_model(abstract)
-    step, variables = checkpointing.restore_model_variables(
-        workdir, {"params": params, "model_state": model_state})
-    mesh = steps.make_mesh()
-    variables = jax.device_put(variables, steps.replicated(mesh))
+    mesh = sharding.make_mesh()
+    graphs, step, variables = model_eval.restore_model(workdir, config.model, num_classes, mesh)
     if splits is None and load_data:
-        splits = data.open_dataset(config)
+        splits = input_pipeline.open_dataset(config)
     return Run(name=name or workdir.name, workdir=workdir, config=config,
                num_classes=num_classes, step=step, graphs=graphs,
                params=variables["params"], model_state=variables["model_state"],
@@ -157,12 +151,12 @@ def load_runs(workdirs: Sequence[str | os.PathLike], *, load_data: bool = True) 
     if not workdirs:
         raise ValueError("load_runs: expected at least one workdir")
     runs: list[Run] = []
-    opened: dict[str, data.Splits] = {}
+    opened: dict[str, input_pipeline.Splits] = {}
     for workdir in workdirs:
         config, _ = read_run_config(workdir)
         key = json.dumps([config.data_dir, config.dataset.to_dict()], sort_keys=True)
         if load_data and key not in opened:
-            opened[key] = data.open_dataset(config)
+            opened[key] = input_pipeline.open_dataset(config)
         name = _unique_name(epath.Path(workdir).name, {r.name for r in runs})
         runs.append(load_run(workdir, name=name, load_data=False, splits=opened.get(key)))
     return runs
@@ -192,7 +186,7 @@ def tracklet_clip(store: input_pipeline.TrackletStore, position: int,
         tracklet_ids=store.tracklet_ids[position:position + 1],
     )
     batches = input_pipeline.create_eval_iterator(
-        single, data.eval_pipeline_config(config), batch_size=1)
+        single, input_pipeline.eval_pipeline_config(config), batch_size=1)
     return next(iter(batches))["clips"][0]
 
 
@@ -200,7 +194,7 @@ def display_frames(clip: np.ndarray, config: ml_collections.ConfigDict) -> np.nd
     """A pipeline clip (T, H, W, 3) as uint8 for display (undoes float normalisation)."""
     if np.asarray(clip).dtype == np.uint8:
         return np.asarray(clip)
-    pipeline = data.eval_pipeline_config(config)
+    pipeline = input_pipeline.eval_pipeline_config(config)
     frames = np.asarray(clip, np.float32)
     if pipeline.normalize:
         frames = frames * np.asarray(pipeline.std, np.float32) + np.asarray(pipeline.mean,

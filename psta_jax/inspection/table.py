@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from psta_jax import data, steps
+from psta_jax import input_pipeline, sharding, steps
 from psta_jax.inspection.runs import Run, effective_aggregation
 
 TABLE_STEM = "ablation_table"
@@ -78,7 +78,7 @@ def measure_cost(run: Run, *, batch_size: int | None = None, repeats: int = 3) -
     compiled = run.embed_fn.lower(
         run.params, run.model_state, jax.ShapeDtypeStruct(clips.shape, clips.dtype)).compile()
     flops = xla_flops(compiled.cost_analysis())
-    clips = jax.device_put(clips, steps.data_sharded(run.mesh))
+    clips = jax.device_put(clips, sharding.data_sharded(run.mesh))
     jax.block_until_ready(compiled(run.params, run.model_state, clips))
     best = math.inf
     for _ in range(repeats):
@@ -91,7 +91,7 @@ def measure_cost(run: Run, *, batch_size: int | None = None, repeats: int = 3) -
 
 def random_clips(config: ml_collections.ConfigDict, batch_size: int) -> np.ndarray:
     """Random clips shaped and typed as the eval pipeline's batches (B, T, H, W, 3)."""
-    pipeline = data.eval_pipeline_config(config)
+    pipeline = input_pipeline.eval_pipeline_config(config)
     shape = (batch_size, pipeline.seq_len, *pipeline.image_size, 3)
     rng = np.random.default_rng(0)
     if pipeline.uint8_clips:

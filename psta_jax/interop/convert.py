@@ -18,7 +18,8 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from psta_jax import checkpointing, steps
+from psta_jax import checkpointing, errors, steps
+from psta_jax.errors import UserError
 from psta_jax.interop.torch_import import load_official_psta, read_state_dict
 from psta_jax.models import MODEL_FIELDS
 
@@ -31,11 +32,15 @@ config_flags.DEFINE_config_file(
 )
 
 
+class OutputExistsError(UserError, FileExistsError):
+    """The output directory already holds files (they are never overwritten)."""
+
+
 def convert(source, out: str | os.PathLike, config: ml_collections.ConfigDict) -> epath.Path:
     """Writes `source` (a .pth path or a name -> array mapping) as a checkpoint in `out`."""
     out = epath.Path(out)
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new --out directory")
+        raise OutputExistsError(f"{out} exists and is not empty; choose a new --out directory")
     state_dict = read_state_dict(source)
     overrides = {k: v for k, v in config.model.to_dict().items() if k in MODEL_FIELDS}
     overrides["image_size"] = tuple(overrides["image_size"])
@@ -63,4 +68,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(errors.absl_main(main))

@@ -21,6 +21,8 @@ running_mean/running_var -> scale/bias/mean/var.
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from psta_jax.errors import UserError
 from psta_jax.models.psta import PSTA, FrozenParam
 
 StateDict = Mapping[str, Any]
@@ -63,8 +66,16 @@ CONV_BN_LISTS = {"embedding", "conv_block", "spatial_head"}
 MLP_INDEX = {"fc1": "0", "fc2": "2"}
 
 
-class WeightImportError(ValueError):
+class WeightImportError(UserError, ValueError):
     """Raised when a source does not match the model; lists every problem at once."""
+
+
+class NotATorchCheckpointError(WeightImportError):
+    """The weights file is missing, not a `torch.save` file, or a damaged one."""
+
+
+class MissingTorchError(UserError, ImportError):
+    """Reading a `.pth` file needs torch, which is not installed."""
 
 
 def torch_name(path: Path) -> str:
@@ -130,15 +141,86 @@ def _strip_prefix(state_dict: StateDict) -> dict[str, Any]:
     return dict(state_dict)
 
 
+# What `torch.save` writes: a zip archive whose records sit under one folder, with the pickled
+# object in '<folder>/data.pkl'; or (legacy format) a pickle starting with torch's magic number.
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_EXPECTED = ("expected a file written by torch.save (a zip archive holding <name>/data.pkl, or "
+             "torch's legacy pickle format) with a state_dict of tensors")
+
+
+def _zip_first_record(head: bytes) -> str:
+    """The file name of a zip archive's first local record (from its first bytes)."""
+    name_length = int.from_bytes(head[26:28], "little")
+    return head[30:30 + name_length].decode(errors="replace")
+
+
+def check_torch_checkpoint(path: str | os.PathLike) -> None:
+    """Raises `NotATorchCheckpointError` unless `path` looks like a `torch.save` file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise NotATorchCheckpointError(f"no PyTorch checkpoint at {path!r}: the file does not "
+                                       "exist (check the path)")
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if head.startswith(_LEGACY_MAGIC):
+        return
+    if head.startswith(_ZIP_MAGIC):
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                if any(name.endswith("/data.pkl") for name in archive.namelist()):
+                    return
+            raise NotATorchCheckpointError(f"{path!r} is a zip archive but not a PyTorch "
+                                           f"checkpoint (no <name>/data.pkl in it); {_EXPECTED}")
+        if _zip_first_record(head).endswith("/data.pkl"):
+            raise NotATorchCheckpointError(
+                f"{path!r} is a damaged or truncated PyTorch checkpoint ({os.path.getsize(path)} "
+                "bytes; its zip directory is missing): copy or download it again")
+    raise NotATorchCheckpointError(
+        f"{path!r} is not a PyTorch checkpoint ({os.path.getsize(path)} bytes, starting with "
+        f"{head[:8]!r}); {_EXPECTED}")
+
+
+def _numpy_scalar_globals() -> list:
+    """What pickled NumPy scalars (e.g. a saved accuracy) need: data only, no code."""
+    import numpy.dtypes
+
+    multiarray = getattr(np, "_core", None) or np.core
+    return [multiarray.multiarray.scalar, np.dtype,
+            *(getattr(numpy.dtypes, name) for name in numpy.dtypes.__all__)]
+
+
 def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A `.pth` state_dict as NumPy arrays (torch imported lazily)."""
+    """A `.pth` state_dict as NumPy arrays (torch imported lazily).
+
+    Only tensors, containers and NumPy scalars are unpickled (`weights_only`): a file that
+    needs any other Python object is refused, since unpickling it could run code.
+    """
     try:
         import torch
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(f"reading the PyTorch checkpoint {os.fspath(path)!r} needs torch: "
-                          "pip install 'psta-jax[torch]' (or pass a mapping of NumPy "
-                          "arrays instead)") from err
-    checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        raise MissingTorchError(f"reading the PyTorch checkpoint {os.fspath(path)!r} needs torch: "
+                                "pip install 'psta-jax[torch]' (or pass a mapping of NumPy "
+                                "arrays instead)") from err
+    check_torch_checkpoint(path)
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(path))
+        except Exception:  # Legacy files cannot be inspected; the message below still holds.
+            unsafe = []
+        what = f" ({', '.join(unsafe)})" if unsafe else ""
+        raise WeightImportError(
+            f"{os.fspath(path)!r} is a PyTorch checkpoint, but besides tensors it holds Python "
+            f"objects{what} that psta-jax does not unpickle, since that could run code. Where "
+            "the file was made, save its tensors alone, e.g. torch.save(checkpoint['state_dict'],"
+            " 'weights.pth'), and convert that file.") from err
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise WeightImportError(f"{os.fspath(path)!r} is a damaged PyTorch checkpoint (torch "
+                                f"cannot read it: {str(err).splitlines()[0]}): copy or download "
+                                "it again") from err
     if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping):

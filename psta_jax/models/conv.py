@@ -4,18 +4,21 @@ By default XLA:CPU hands convolutions to YNNPACK fusions. Forward convolutions a
 there, but the ones autodiff derives for gradients (the kernel gradient contracts over
 the batch; the input gradient of a strided conv dilates its input) are 5-50x slower than
 the forward pass on ResNet-50's layer shapes (a stride-2 1x1 shortcut at 32 frames: 25 s
-vs 1.6 s). Two ways out, picked at trace time by `conv2d`:
+vs 1.6 s). `conv2d` picks, at trace time:
 
-- with `cpu_flags.configure_xla_cpu()` (convolutions out of YNN; the fastest setup) XLA's
-  own gradient convolutions are fast and `conv2d` is plain `lax.conv_general_dilated`;
-- otherwise `conv2d` keeps the forward convolution and brings its own VJP: the input
-  gradient is a stride-1 forward convolution of the output gradient with the flipped,
-  transposed kernel (1x1: a matmul; strided: col2im, one matmul then a scatter-sum of
-  the taps onto the stride grid), the kernel gradient one matmul between the im2col
-  patches of the input and the output gradient.
+- with `xla_cpu.configure_xla_cpu()` (convolutions out of YNN) plain
+  `lax.conv_general_dilated` and XLA's own gradient convolutions, fast on every backend;
+- otherwise the same forward convolution with a custom VJP whose backward pass depends on
+  the platform the program is lowered for (`lax.platform_dependent`, resolved at
+  lowering): XLA's own transposed convolutions on GPU/TPU (cuDNN's, the TPU's), and on the
+  CPU ours: the input gradient is a stride-1 forward convolution of the output gradient
+  with the flipped, transposed kernel (1x1: a matmul; strided: col2im, one matmul then a
+  scatter-sum of the taps onto the stride grid), the kernel gradient one matmul between
+  the im2col patches of the input and the output gradient.
 
 Same math as `jax.lax.conv_general_dilated` (NHWC, HWIO, symmetric zero padding); only the
-order of float additions differs. `max_pool` likewise replaces select-and-scatter.
+order of float additions differs. `max_pool` likewise replaces XLA:CPU's slow
+select-and-scatter by its own gradient, on the CPU only.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from psta_jax.models import cpu_flags
+from psta_jax import xla_cpu
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -93,10 +96,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -
     """Cross-correlation as PyTorch's Conv2d: x (N, H, W, Cin), kernel (kh, kw, Cin, Cout),
     symmetric zero `padding`, `stride` -> (N, Ho, Wo, Cout).
 
-    With convolutions out of XLA:CPU's YNN fusions (`cpu_flags.configure_xla_cpu`) XLA's
-    own gradient convolutions are the fast ones; with them in (the jaxlib default) ours.
+    With convolutions out of XLA:CPU's YNN fusions (`xla_cpu.configure_xla_cpu`) XLA's
+    own gradient convolutions are the fast ones; with them in (the jaxlib default) ours on
+    the CPU and XLA's on every other platform.
     """
-    if cpu_flags.ynn_convolutions_enabled():
+    if xla_cpu.ynn_convolutions_enabled():
         return _conv2d_own_gradients(x, kernel, stride, padding)
     return _xla_conv(x, kernel, stride, padding)
 
@@ -113,10 +117,25 @@ def _conv2d_fwd(x, kernel, stride, padding):
 
 def _conv2d_bwd(stride, padding, residuals, grad_out):
     x, kernel = residuals
+    return jax.lax.platform_dependent(
+        x, kernel, grad_out,
+        cpu=functools.partial(_conv2d_cpu_grads, stride=stride, padding=padding),
+        default=functools.partial(_conv2d_xla_grads, stride=stride, padding=padding))
+
+
+def _conv2d_xla_grads(x, kernel, grad_out, *, stride, padding):
+    """XLA's own transposed convolutions (what autodiff of `_xla_conv` gives)."""
+    _, vjp = jax.vjp(lambda x, kernel: _xla_conv(x, kernel, stride, padding), x, kernel)
+    return vjp(grad_out)
+
+
+def _conv2d_cpu_grads(x, kernel, grad_out, *, stride, padding):
+    """im2col / col2im gradients: matmuls instead of YNN's slow gradient convolutions."""
     kh, kw, cin, cout = kernel.shape
     patches = _patches(x, (kh, kw), stride, padding, grad_out.shape[1:3])
+    # At least float32 accumulation (bfloat16 inputs); float64 stays float64.
     grad_kernel = jnp.einsum("nhwk,nhwo->ko", patches, grad_out,
-                             preferred_element_type=jnp.float32)
+                             preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
     grad_kernel = grad_kernel.reshape(kh, kw, cin, cout).astype(kernel.dtype)
     grad_x = _input_grad(grad_out, kernel, stride, padding, x.shape[1:3]).astype(x.dtype)
     return grad_x, grad_kernel
@@ -167,7 +186,11 @@ def _pool_taps(x: jax.Array, window: int, stride: int, padding: int,
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
     """PyTorch's MaxPool2d (square window, symmetric -inf padding): (N, H, W, C) ->
     (N, Ho, Wo, C). Its gradient goes to the first maximum of each window in row-major
-    order, like PyTorch's, without XLA:CPU's slow select-and-scatter."""
+    order, like PyTorch's (on the CPU without XLA:CPU's slow select-and-scatter)."""
+    return _reduce_window_max(x, window, stride, padding)
+
+
+def _reduce_window_max(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
                                  (1, stride, stride, 1),
                                  ((0, 0), (padding, padding), (padding, padding), (0, 0)))
@@ -180,6 +203,21 @@ def _max_pool_fwd(x, window, stride, padding):
 
 def _max_pool_bwd(window, stride, padding, residuals, grad_out):
     x, y = residuals
+    sizes = dict(window=window, stride=stride, padding=padding)
+    return jax.lax.platform_dependent(
+        x, y, grad_out, cpu=functools.partial(_max_pool_cpu_grad, **sizes),
+        default=functools.partial(_max_pool_xla_grad, **sizes))
+
+
+def _max_pool_xla_grad(x, y, grad_out, *, window, stride, padding):
+    """XLA's select-and-scatter (what autodiff of `reduce_window` max gives)."""
+    del y
+    _, vjp = jax.vjp(lambda x: _reduce_window_max(x, window, stride, padding), x)
+    return vjp(grad_out)
+
+
+def _max_pool_cpu_grad(x, y, grad_out, *, window, stride, padding):
+    """Per-tap masks and pads: XLA:CPU's select-and-scatter is slow."""
     (h, w), (ho, wo) = x.shape[1:3], y.shape[1:3]
     zero = jnp.zeros((), grad_out.dtype)
     claimed = jnp.zeros(y.shape, bool)

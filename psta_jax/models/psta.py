@@ -1,12 +1,12 @@
 """PSTA: Pyramid Spatial-Temporal Aggregation for video person re-identification.
 
-The default model is the authors' release (`shared/docs/official_model.md`): ResNet-50
+The default model is the authors' release (the project's notes, `official_model.md`): ResNet-50
 (last stride 1) -> `down_channel` (1x1 conv to `feature_dim`, BN, ReLU) -> a pyramid of
 STAM stages (frames paired (0, 1), (2, 3), ...; stage n halves the number of maps) ->
 stage features f_n (mean over maps and space) -> cumulative features
 x_n = mean(f_1..f_n) -> per-stage BN neck -> per-stage classifier.
 
-    model.eval();  emb = model(clips)   # clips (B, T, H, W, 3) -> (B, feature_dim) float32
+    model.eval();  emb = model(clips)   # clips (B, T, H, W, 3) -> (B, feature_dim)
     model.train(); out = model(clips)   # PSTAOutput(logits=(...), features=(...))
 
 Ablations (`aggregation`): 'pyramid' (default), 'adjacent' (ARAS: one STAM over every
@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from psta_jax.models import batch_norm as bn_lib
 from psta_jax.models import stam as stam_lib
 from psta_jax.models.resnet import ResNet
 
@@ -52,37 +53,41 @@ class FrozenParam(nnx.Variable):
 
 class PSTAOutput(NamedTuple):
     """Training outputs, one entry per head (stage): logits (B, num_classes) and BN-neck
-    features (B, feature_dim), all float32."""
+    features (B, feature_dim), float32 (float64 for a float64 model)."""
 
     logits: tuple[jax.Array, ...]
     features: tuple[jax.Array, ...]
 
 
 class BNNeck(nnx.Module):
-    """BatchNorm1d on a clip feature whose bias stays at 0 (a `FrozenParam`), float32."""
+    """BatchNorm1d on a clip feature whose bias stays at 0 (a `FrozenParam`).
 
-    def __init__(self, num_features: int):
+    Statistics and output in at least float32 (float64 with float64 parameters); the
+    running variance moves towards the unbiased batch variance, as PyTorch's.
+    """
+
+    def __init__(self, num_features: int, *, param_dtype=jnp.float32):
         self.num_features = num_features
         self.use_running_average = False
-        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
-        self.bias = FrozenParam(jnp.zeros((num_features,), jnp.float32))
-        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
-        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        dtype = bn_lib.statistics_dtype(param_dtype)
+        self.scale = nnx.Param(jnp.ones((num_features,), dtype))
+        self.bias = FrozenParam(jnp.zeros((num_features,), dtype))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), dtype))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         chex.assert_shape(x, (None, self.num_features))
-        x = x.astype(jnp.float32)
+        x = x.astype(jnp.promote_types(x.dtype, self.scale[...].dtype))
         if self.use_running_average:
-            mean, var = self.mean[...], self.var[...]
+            mean, var = self.mean[...].astype(x.dtype), self.var[...].astype(x.dtype)
         else:
-            mean, var = stam_lib.grouped_moments(x, ())
-            mean, var = mean[0], var[0]
-            momentum = stam_lib.BN_MOMENTUM
+            mean, var, call_means, call_vars = bn_lib.batch_statistics(x, ())
             self.mean[...] = jax.lax.stop_gradient(
-                momentum * self.mean[...] + (1 - momentum) * mean)
+                bn_lib.running_update(self.mean[...], call_means))
             self.var[...] = jax.lax.stop_gradient(
-                momentum * self.var[...] + (1 - momentum) * var)
-        return stam_lib.normalize(x, mean, var, self.scale[...], self.bias[...])
+                bn_lib.running_update(self.var[...], call_vars))
+        return bn_lib.normalize(x, mean, var, self.scale[...].astype(x.dtype),
+                                self.bias[...].astype(x.dtype))
 
 
 def _check_power_of_two(seq_len: int, what: str) -> int:
@@ -93,8 +98,8 @@ def _check_power_of_two(seq_len: int, what: str) -> int:
 
 
 def _stage_feature(maps: jax.Array) -> jax.Array:
-    """(B, T', H, W, C) -> (B, C) float32: mean over maps and space."""
-    return jnp.mean(maps, axis=(1, 2, 3), dtype=jnp.float32)
+    """(B, T', H, W, C) -> (B, C), at least float32: mean over maps and space."""
+    return jnp.mean(maps, axis=(1, 2, 3), dtype=bn_lib.statistics_dtype(maps.dtype))
 
 
 class PSTA(nnx.Module):
@@ -111,7 +116,8 @@ class PSTA(nnx.Module):
       num_stages: STAM stages of the pyramid, 0..log2(seq_len); number of heads.
       use_sra, use_tra, use_conv_block: STAM ablations.
       dtype: compute dtype (str or dtype); params are `param_dtype`; heads, BN necks and
-        the embedding run in float32.
+        the embedding run in at least float32 (float64 with float64 dtype and params, as
+        in the float64 parity tests).
       remat: rematerialise backbone blocks in the backward pass.
     """
 
@@ -153,7 +159,8 @@ class PSTA(nnx.Module):
             for _ in range(num_stams[self.aggregation])
         ])
         num_heads = max(1, len(self.stages))
-        self.bottleneck = nnx.List([BNNeck(feature_dim) for _ in range(num_heads)])
+        self.bottleneck = nnx.List([BNNeck(feature_dim, param_dtype=param_dtype)
+                                    for _ in range(num_heads)])
         self.classifier = nnx.List([
             nnx.Linear(feature_dim, num_classes, kernel_init=classifier_init,
                        param_dtype=param_dtype, rngs=rngs)
@@ -164,9 +171,13 @@ class PSTA(nnx.Module):
     def frame_maps(self, clips: jax.Array) -> jax.Array:
         """clips (B, T, H, W, 3) -> down_channel maps (B, T, h, w, feature_dim)."""
         batch, seq_len = clips.shape[:2]
-        maps = self.base(clips.reshape(batch * seq_len, *clips.shape[2:]))
-        maps = self.down_channel(maps)
-        return maps.reshape(batch, seq_len, *maps.shape[1:])
+        return self.reduce_channels(self.base(clips.reshape(batch * seq_len, *clips.shape[2:])),
+                                    batch)
+
+    def reduce_channels(self, backbone_maps: jax.Array, batch: int) -> jax.Array:
+        """Backbone maps (B*T, h, w, 2048) -> down_channel maps (B, T, h, w, feature_dim)."""
+        maps = self.down_channel(backbone_maps)
+        return maps.reshape(batch, -1, *maps.shape[1:])
 
     def stage_maps(self, maps: jax.Array) -> list[jax.Array]:
         """Frame maps (B, T, h, w, C) -> the output maps of each stage, (B, T', h, w, C)."""
@@ -184,18 +195,27 @@ class PSTA(nnx.Module):
         return [maps]
 
     def clip_features(self, clips: jax.Array) -> list[jax.Array]:
-        """Cumulative features x_n (B, feature_dim) float32, one per head."""
+        """Cumulative features x_n (B, feature_dim), one per head (float32; float64 for a
+        float64 model)."""
         self._check_clips(clips)
-        stage_features = [_stage_feature(m) for m in self.stage_maps(self.frame_maps(clips))]
+        return self.features_from_maps(self.frame_maps(clips))
+
+    def features_from_maps(self, maps: jax.Array) -> list[jax.Array]:
+        """down_channel maps (B, T, h, w, C) -> cumulative features x_n (B, C), per head."""
+        stage_features = [_stage_feature(m) for m in self.stage_maps(maps)]
         cumulative = jnp.cumsum(jnp.stack(stage_features), axis=0)
-        counts = jnp.arange(1, len(stage_features) + 1, dtype=jnp.float32)
+        counts = jnp.arange(1, len(stage_features) + 1, dtype=cumulative.dtype)
         return list(cumulative / counts[:, None, None])
 
     def __call__(self, clips: jax.Array) -> jax.Array | PSTAOutput:
-        features = self.clip_features(clips)
+        return self.heads(self.clip_features(clips))
+
+    def heads(self, features: list[jax.Array]) -> jax.Array | PSTAOutput:
+        """BN necks and classifiers on the cumulative features: eval mode the embedding
+        BN(x_last) (B, C); train mode a PSTAOutput."""
         if self.use_running_average:
             embedding = self.bottleneck[-1](features[-1])
-            chex.assert_shape(embedding, (clips.shape[0], self.feature_dim))
+            chex.assert_shape(embedding, (features[-1].shape[0], self.feature_dim))
             return embedding
         bn_features = tuple(neck(x) for neck, x in zip(self.bottleneck, features, strict=True))
         logits = tuple(head(f) for head, f in zip(self.classifier, bn_features, strict=True))

@@ -23,10 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from psta_jax.models.batch_norm import BatchNorm
 from psta_jax.models.conv import Conv, max_pool
-
-BN_MOMENTUM = 0.9  # Flax convention; PyTorch's momentum 0.1
-BN_EPSILON = 1e-5
 
 STAGE_SIZES: dict[int, tuple[int, int, int, int]] = {
     10: (1, 1, 1, 1),  # not a torchvision model: the smallest backbone, for tests
@@ -39,18 +37,11 @@ STAGE_SIZES: dict[int, tuple[int, int, int, int]] = {
 conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def batch_norm(num_features: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    """A BatchNorm with PyTorch's epsilon and momentum, starting in training mode."""
-    return nnx.BatchNorm(
-        num_features,
-        use_running_average=False,
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
-        use_fast_variance=False,  # two-pass variance, as PyTorch; see test_parity.py
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
+def batch_norm(num_features: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> BatchNorm:
+    """A BatchNorm with PyTorch's epsilon, momentum and unbiased running variance,
+    starting in training mode (batch_norm.py)."""
+    del rngs
+    return BatchNorm(num_features, dtype=dtype, param_dtype=param_dtype)
 
 
 def conv(
@@ -182,12 +173,15 @@ class ResNet(nnx.Module):
     def layers(self) -> Sequence[nnx.List]:
         return (self.layer1, self.layer2, self.layer3, self.layer4)
 
-    def __call__(self, images: jax.Array) -> jax.Array:
+    def stem(self, images: jax.Array) -> jax.Array:
+        """conv1, bn1, ReLU, 3x3/2 max-pool: images (N, H, W, 3) -> (N, H/4, W/4, width)."""
         chex.assert_rank(images, 4)
         chex.assert_axis_dimension(images, -1, 3)
-        x = images.astype(self.dtype)
-        x = nnx.relu(self.bn1(self.conv1(x)))
-        x = max_pool(x, window=3, stride=2, padding=1)
+        x = nnx.relu(self.bn1(self.conv1(images.astype(self.dtype))))
+        return max_pool(x, window=3, stride=2, padding=1)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = self.stem(images)
         call: Callable = nnx.remat(_call_block) if self.remat else _call_block
         for layer in self.layers:
             for block in layer:

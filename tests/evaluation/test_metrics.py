@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from psta_jax.evaluation import cmc_map, metrics, rank_metrics
+from tests import reference_data
 
 
 def reference_loop(
@@ -52,8 +53,8 @@ def _random_case(seed, num_q=23, num_g=61, decimals=1, dtype=np.float64):
     return distmat, q_pids, g_pids, q_camids, g_camids
 
 
-def test_equals_release_with_stable_sort(shared_dir):
-    ref = np.load(shared_dir / "reference" / "eval_dev_seed7.npz")
+def test_equals_release_with_stable_sort():
+    ref = reference_data.load("eval_dev_seed7")
     args = [ref[k] for k in ("distmat", "q_pids", "g_pids", "q_camids", "g_camids")]
     result = rank_metrics(*args)
     np.testing.assert_array_equal(result.cmc.astype(np.float32), ref["cmc_stable"])

@@ -1,53 +1,49 @@
-"""k-reciprocal re-ranking against a set-based transcription of the paper's definitions."""
+"""k-reciprocal re-ranking: the release's reference output, and a set-based transcription of
+what Zhong et al.'s published code (torchreid's `re_ranking`) computes."""
 
 import numpy as np
 import pytest
 
 from psta_jax import evaluation
 from psta_jax.evaluation import rerank
+from tests import reference_data
 
 
-def paper_rerank(q_g, q_q, g_g, k1, k2, lam):
-    """Zhong et al. 2017, eqs. 4-12, with Python sets (slow, obvious)."""
-    d = np.block([[q_q, q_g], [q_g.T, g_g]]).astype(np.float64)
-    d = d / d.max(axis=1, keepdims=True)
+def published_rerank(q_g, q_q, g_g, k1, k2, lam):
+    """The published code's definitions with Python sets (slow, obvious): squared distances
+    over column maxima (transposed), strict 2/3 expansion rule, 1 - o / (2 - o) Jaccard."""
+    squared = np.block([[q_q, q_g], [q_g.T, g_g]]).astype(np.float64) ** 2
+    d = (squared / squared.max(axis=0)).T
     n, num_q = d.shape[0], q_q.shape[0]
     order = [sorted(range(n), key=lambda j, i=i: (d[i, j], j)) for i in range(n)]
 
     def reciprocal(i, k):
         return {g for g in order[i][: k + 1] if i in order[g][: k + 1]}
 
-    half = int(round(k1 / 2))
+    half = int(np.round(k1 / 2))
     v = np.zeros((n, n))
     for p in range(n):
         r_p = reciprocal(p, k1)
         expanded = set(r_p)
         for q in r_p:
             r_q = reciprocal(q, half)
-            if len(r_p & r_q) >= 2 / 3 * len(r_q):
+            if len(r_p & r_q) > 2 / 3 * len(r_q):
                 expanded |= r_q
         for g in expanded:
             v[p, g] = np.exp(-d[p, g])
         v[p] /= v[p].sum()
     if k2 > 1:
         v = np.stack([v[order[p][:k2]].mean(0) for p in range(n)])
-    jaccard = np.array(
-        [
-            [
-                1 - np.minimum(v[p], v[g]).sum() / np.maximum(v[p], v[g]).sum()
-                for g in range(num_q, n)
-            ]
-            for p in range(num_q)
-        ]
-    )
-    return (1 - lam) * jaccard + lam * d[:num_q, num_q:]
+    overlap = np.array([[np.minimum(v[p], v[g]).sum() for g in range(num_q, n)]
+                        for p in range(num_q)])
+    return (1 - lam) * (1 - overlap / (2 - overlap)) + lam * d[:num_q, num_q:]
 
 
-@pytest.mark.parametrize("k1, k2, lam", [(5, 3, 0.3), (4, 1, 0.5), (20, 6, 0.3)])
-def test_matches_paper_definitions(k1, k2, lam):
+@pytest.mark.parametrize("k1, k2, lam", [(5, 3, 0.3), (4, 1, 0.5), (20, 6, 0.3), (3, 2, 0.0)])
+def test_matches_published_definitions(k1, k2, lam):
     rng = np.random.default_rng(k1)
     x = np.round(rng.normal(size=(30, 4)), 1)  # rounded: some tied distances
-    dist = ((x[:, None] - x[None]) ** 2).sum(-1)
+    dist = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
     num_q = 8
     got = evaluation.k_reciprocal_rerank(
         dist[:num_q, num_q:],
@@ -55,11 +51,31 @@ def test_matches_paper_definitions(k1, k2, lam):
         dist[num_q:, num_q:],
         evaluation.RerankParams(k1, k2, lam),
     )
-    expected = paper_rerank(
+    expected = published_rerank(
         dist[:num_q, num_q:], dist[:num_q, :num_q], dist[num_q:, num_q:], k1, k2, lam
     )
-    assert got.shape == (8, 22)
-    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert got.shape == (8, 22) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+
+
+def test_matches_release_reference():
+    ref = reference_data.load("rerank_dev_seed5")
+    params = evaluation.RerankParams(int(ref["k1"]), int(ref["k2"]), float(ref["lambda_value"]))
+    got = evaluation.k_reciprocal_rerank(ref["q_g_dist"], ref["q_q_dist"], ref["g_g_dist"],
+                                         params)
+    error = float(np.max(np.abs(got - ref["expected"])))
+    print(f"re-ranking vs the published code: max abs error {error:.1e}")
+    assert error < 1e-5
+    np.testing.assert_array_equal(got.argmin(axis=1), ref["expected"].argmin(axis=1))
+
+
+def test_strict_two_thirds_rule_and_squared_mix_matter():
+    # The paper's variants (>= 2/3, unsquared row-normalised distances) give other numbers
+    # on the reference data: the test above would catch a return to them.
+    ref = reference_data.load("rerank_dev_seed5")
+    q_g, q_q, g_g = (ref[k].astype(np.float64) for k in ("q_g_dist", "q_q_dist", "g_g_dist"))
+    unsquared = evaluation.k_reciprocal_rerank(np.sqrt(q_g), np.sqrt(q_q), np.sqrt(g_g))
+    assert np.max(np.abs(unsquared - ref["expected"])) > 1e-3
 
 
 def test_rerank_fixes_a_wrong_first_match():
@@ -86,15 +102,15 @@ def test_rerank_fixes_a_wrong_first_match():
     kwargs = dict(
         protocol="duke",
         distance="euclidean",
-        rerank_params=evaluation.RerankParams(k1=3, k2=1, lambda_value=0.3),
+        rerank_params=evaluation.RerankParams(k1=4, k2=1, lambda_value=0.3),
     )
     before = evaluation.evaluate(*args, **kwargs)
     after = evaluation.evaluate(*args, rerank=True, **kwargs)
     assert before.cmc[0] == 0.0 and before.mAP == 0.5
     assert after.cmc[0] == 1.0 and after.mAP == 1.0 and after.rerank
-    # lambda = 1 keeps only the (row-normalised) original distance: the order is unchanged.
+    # lambda = 1 keeps only the (squared, normalised) original distance: the order is unchanged.
     same = evaluation.evaluate(
-        *args, rerank=True, **{**kwargs, "rerank_params": evaluation.RerankParams(3, 1, 1.0)}
+        *args, rerank=True, **{**kwargs, "rerank_params": evaluation.RerankParams(4, 1, 1.0)}
     )
     assert same.cmc[0] == 0.0
 

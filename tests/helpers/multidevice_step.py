@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from psta_jax import config_base, steps  # noqa: E402
+from psta_jax import config_base, sharding, steps  # noqa: E402
 from psta_jax.models import build_model  # noqa: E402
 from tests.helpers.tiny import tiny_batch, tiny_model_config  # noqa: E402
 
@@ -27,8 +27,8 @@ def run(mesh, batch, model_config, num_classes):
     graphs, state = steps.create_train_state(model, tx, mesh)
     params0 = steps.tree_to_host(state.params)
     step = steps.compile_train_step(graphs, tx, num_classes, config_base.base_config().loss, mesh)
-    state, metrics = step(state, steps.shard_batch(batch, mesh))
-    state, metrics = step(state, steps.shard_batch(batch, mesh))
+    state, metrics = step(state, sharding.shard_batch(batch, mesh))
+    state, metrics = step(state, sharding.shard_batch(batch, mesh))
     state = steps.tree_to_host(state)
     updates = jax.tree.map(lambda new, old: new - old, state.params, params0)
     return state, updates, steps.tree_to_host(metrics)
@@ -48,8 +48,8 @@ def main():
     assert jax.device_count() == 4, jax.devices()
     model_config = tiny_model_config()
     batch = tiny_batch(num_ids=4, per_id=2, model=model_config)
-    one, u1, m1 = run(steps.make_mesh(jax.devices()[:1]), batch, model_config, num_classes=4)
-    four, u4, m4 = run(steps.make_mesh(jax.devices()), batch, model_config, num_classes=4)
+    one, u1, m1 = run(sharding.make_mesh(jax.devices()[:1]), batch, model_config, num_classes=4)
+    four, u4, m4 = run(sharding.make_mesh(jax.devices()), batch, model_config, num_classes=4)
     report = {
         "loss_1": float(m1["loss"]),
         "loss_4": float(m4["loss"]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import jax
@@ -21,19 +20,15 @@ from psta_jax.interop import (
 )
 from psta_jax.interop.torch_import import to_flax
 from psta_jax.models import PSTA
+from tests import reference_data
 from tests.models.tiny import TINY, forward, tiny_clips, tiny_model
 
 
-@pytest.fixture(scope="module")
-def layout(shared_dir):
-    return json.loads((shared_dir / "reference" / "psta_official_layout.json").read_text())
-
-
-def test_key_map_covers_the_release_layout_exactly(layout):
+def test_key_map_covers_the_release_layout_exactly():
     model = nnx.eval_shape(lambda: PSTA(625, rngs=nnx.Rngs(0)))
     names = key_map(model)
-    release = {e["name"]: tuple(e["shape"]) for e in layout["entries"]
-               if not e["name"].endswith("num_batches_tracked")}
+    release = {name: shape for name, shape, _ in reference_data.release_layout()
+               if not name.endswith("num_batches_tracked")}
     assert set(names) == set(release)
     flat = dict(nnx.to_flat_state(nnx.state(model)))
     for name, path in names.items():

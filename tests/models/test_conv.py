@@ -1,4 +1,5 @@
-"""conv.py: our conv / max-pool gradients equal XLA's autodiff ones; cpu_flags parsing."""
+"""conv.py: our conv / max-pool gradients equal XLA's autodiff ones; xla_cpu flags and the
+decision to set them."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
+from psta_jax import xla_cpu
 from psta_jax.models import conv as conv_lib
-from psta_jax.models import cpu_flags
 
 # (kernel, stride, padding, input H, W): every kind of conv in the model, incl. odd sizes.
 CONV_CASES = [(1, 1, 0, 6, 4), (1, 2, 0, 6, 4), (3, 1, 1, 6, 4), (3, 2, 1, 6, 4),
@@ -39,6 +39,7 @@ def test_own_conv_gradients_match_autodiff(kernel_size, stride, padding, height,
 
 
 def test_conv_module_matches_torch_and_keeps_nnx_variables():
+    torch = pytest.importorskip("torch")
     conv = conv_lib.Conv(3, 4, 3, stride=2, kernel_init=nnx.initializers.normal(1.0),
                          rngs=nnx.Rngs(0))
     assert [path for path, _ in nnx.to_flat_state(nnx.state(conv, nnx.Param))] == [("kernel",)]
@@ -54,6 +55,7 @@ def test_conv_module_matches_torch_and_keeps_nnx_variables():
 
 
 def test_max_pool_matches_torch_including_first_max_gradient():
+    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)
     # Rounded ReLU'd values: many ties inside windows, where the first maximum gets it all.
     x = np.round(np.maximum(rng.standard_normal((2, 9, 6, 3)), 0)).astype(np.float32)
@@ -70,22 +72,62 @@ def test_max_pool_matches_torch_including_first_max_gradient():
 @pytest.mark.parametrize("xla_flags,enabled", [
     ("", True),
     ("--xla_force_host_platform_device_count=4", True),
-    (cpu_flags.CONVOLUTIONS_OUT_OF_YNN, False),
+    (xla_cpu.CONVOLUTIONS_OUT_OF_YNN, False),
     ("--xla_cpu_experimental_ynn_fusion_type=", False),
     ("--xla_cpu_experimental_ynn_fusion_type=dot,individual_convolution", True),
     ("--xla_cpu_experimental_ynn_fusion_type=-dot", True),
 ])
 def test_ynn_convolutions_enabled_reads_xla_flags(monkeypatch, xla_flags, enabled):
     monkeypatch.setenv("XLA_FLAGS", xla_flags)
-    assert cpu_flags.ynn_convolutions_enabled() is enabled
+    assert xla_cpu.ynn_convolutions_enabled() is enabled
 
 
 def test_configure_xla_cpu_respects_user_setting_and_refuses_late_calls(monkeypatch):
     user = "--xla_cpu_experimental_ynn_fusion_type=-dot"
     monkeypatch.setenv("XLA_FLAGS", user)
-    cpu_flags.configure_xla_cpu()
-    assert cpu_flags.ynn_convolutions_enabled()
+    xla_cpu.configure_xla_cpu()
+    assert xla_cpu.ynn_convolutions_enabled()
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
     jnp.zeros(())  # the backend is up in this process by now
     with pytest.raises(RuntimeError, match="before JAX"):
-        cpu_flags.configure_xla_cpu()
+        xla_cpu.configure_xla_cpu()
+
+
+@pytest.mark.parametrize("platforms,plugin,device_nodes,on_cpu", [
+    ("cpu", True, True, True),
+    ("cuda,cpu", False, False, False),  # JAX_PLATFORMS decides when set
+    ("tpu", False, False, False),
+    ("", False, True, True),  # no accelerator plugin: the CPU
+    ("", True, False, True),  # a plugin but no device: JAX falls back to the CPU
+    ("", True, True, False),
+])
+def test_configure_for_cpu_if_needed_sets_flags_only_for_cpu_runs(
+    monkeypatch, platforms, plugin, device_nodes, on_cpu
+):
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    monkeypatch.setattr(xla_cpu, "_accelerator_plugin_installed", lambda: plugin)
+    monkeypatch.setattr(xla_cpu.glob, "glob", lambda pattern: [pattern] if device_nodes else [])
+    monkeypatch.setattr(xla_cpu, "_backend_started", lambda: False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    assert xla_cpu.will_run_on_cpu() is on_cpu
+    assert xla_cpu.configure_for_cpu_if_needed() is on_cpu
+    assert xla_cpu.ynn_convolutions_enabled() is not on_cpu
+
+
+def test_conv2d_follows_xla_flags_at_trace_time(monkeypatch):
+    """YNN convolutions on: the CPU program computes its gradients with matmuls (no gradient
+    convolution); off: XLA's own. Both give the same gradients."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 4, 3))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 5))
+
+    def grads(xla_flags):
+        monkeypatch.setenv("XLA_FLAGS", xla_flags)
+        fn = jax.jit(jax.grad(lambda x, k: jnp.sum(conv_lib.conv2d(x, k, 2, 1) ** 2), (0, 1)))
+        text = fn.lower(x, kernel).as_text()
+        return fn(x, kernel), text.count("stablehlo.convolution")
+
+    ours, ours_convs = grads("")
+    plain, plain_convs = grads(xla_cpu.CONVOLUTIONS_OUT_OF_YNN)
+    assert (ours_convs, plain_convs) == (1, 3)  # forward only vs forward + 2 gradients
+    for got, want in zip(ours, plain, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -14,6 +12,7 @@ from flax import nnx
 
 from psta_jax.models import PSTA, PSTAOutput, build_model, capture_attention
 from psta_jax.models.psta import FrozenParam
+from tests import reference_data
 from tests.models.tiny import NUM_CLASSES, TINY, forward, forward_both, tiny_clips, tiny_model
 
 
@@ -21,8 +20,8 @@ def trainable_count(module: nnx.Module) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
-def test_default_model_has_the_release_parameter_count(shared_dir):
-    layout = json.loads((shared_dir / "reference" / "psta_official_layout.json").read_text())
+def test_default_model_has_the_release_parameter_count():
+    layout = reference_data.release_layout_file()
     model = nnx.eval_shape(lambda: PSTA(625, rngs=nnx.Rngs(0)))
     assert trainable_count(model) == 35_422_239 == layout["total_trainable_params"]
     by_module = {

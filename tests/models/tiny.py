@@ -1,4 +1,4 @@
-"""Tiny PSTA models for fast CPU tests (random weights from NumPy: see random_init)."""
+"""Tiny PSTA models for fast CPU tests (random weights from NumPy: see psta_jax.testing)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 
 from psta_jax.models import PSTA
-from psta_jax.models.random_init import fill_random, random_model
+from psta_jax.testing import fill_random, random_model
 
 TINY = dict(depth=10, width=4, feature_dim=16, image_size=(32, 16), seq_len=4, num_stages=2)
 NUM_CLASSES = 5

@@ -100,6 +100,7 @@ class Builder(reid_builder.ReidBuilder):
     TITLE = "DukeMTMC-VideoReID"
     RAW_FOLDER = "DukeMTMC-VideoReID"
     EVAL_PROTOCOL = "duke"
+    RELEASE_TEST_SAMPLER = "dense"
     NUM_CAMERAS = 8
     NUM_TRAIN_IDS = 702
     DESCRIPTION = _DESCRIPTION

@@ -72,6 +72,7 @@ class Builder(reid_builder.ReidBuilder):
     TITLE = "iLIDS-VID"
     RAW_FOLDER = "iLIDS-VID"
     EVAL_PROTOCOL = "ilids_vid"
+    RELEASE_TEST_SAMPLER = "begin_interval"
     NUM_CAMERAS = 2
     NUM_TRAIN_IDS = 150
     FINGERPRINT_FILES = (SPLIT_FILE,)

@@ -111,6 +111,7 @@ class Builder(reid_builder.ReidBuilder):
     TITLE = "MARS"
     RAW_FOLDER = "MARS"
     EVAL_PROTOCOL = "mars"
+    RELEASE_TEST_SAMPLER = "begin_interval"
     NUM_CAMERAS = 6
     NUM_TRAIN_IDS = 625
     FINGERPRINT_FILES = tuple(f"info/{name}" for name in INFO_FILES)

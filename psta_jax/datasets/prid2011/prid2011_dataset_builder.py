@@ -139,6 +139,7 @@ class Builder(reid_builder.ReidBuilder):
     TITLE = "PRID-2011"
     RAW_FOLDER = "prid2011"
     EVAL_PROTOCOL = "prid2011"
+    RELEASE_TEST_SAMPLER = "begin_interval"
     NUM_CAMERAS = 2
     NUM_TRAIN_IDS = 89
     FINGERPRINT_FILES = (JSON_SPLIT_FILE, *MAT_SPLIT_FILES)

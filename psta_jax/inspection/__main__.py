@@ -1,6 +1,6 @@
 """Command line for psta_jax.inspection: the ablation table and Figures 4-6 of trained runs.
 
-    python -m psta_jax.inspect --workdirs WORKDIR [WORKDIR ...] --out DIR
+    python -m psta_jax.inspection --workdirs WORKDIR [WORKDIR ...] --out DIR
 
 writes `DIR/ablation_table.md` and `DIR/ablation_table.csv` (one row per workdir, in the
 layout of the paper's Tables 1 and 2: aggregation P/A/G/-, SRA, TRA, conv block, stages,
@@ -20,7 +20,7 @@ import os
 import pathlib
 from collections.abc import Sequence
 
-from psta_jax import data
+from psta_jax import input_pipeline, xla_cpu
 from psta_jax.inspection import (
     ablation_table,
     attention_figure,
@@ -66,7 +66,7 @@ def inspect_runs(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m psta_jax.inspect",
+        prog="python -m psta_jax.inspection",
         description="Ablation table (paper Tables 1/2) and Figures 4-6 of trained workdirs.")
     parser.add_argument("--workdirs", nargs="+", required=True,
                         help="training workdirs (relative data paths in their configs resolve "
@@ -85,7 +85,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, pathlib.Path]:
     args = _parse_args(argv)
-    data.disable_tf_accelerators()
+    xla_cpu.configure_for_cpu_if_needed()  # before JAX starts its backends
+    input_pipeline.disable_tf_accelerators()
     written = inspect_runs(args.workdirs, args.out, figures=not args.no_figures,
                            query=args.query, top_k=args.top_k, identities=args.identities,
                            batch_size=args.batch_size, repeats=args.repeats)

@@ -1,4 +1,4 @@
-"""Random weights without compiling initialisers (benchmarks and tests).
+"""Helpers for tests and benchmarks: random weights without compiling initialisers.
 
 Initialising a model eagerly compiles one XLA program per distinct parameter shape (seconds
 each on a CPU); building the abstract model with `nnx.eval_shape` and filling it from NumPy
