@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/evaluation.py
 	$(PY) benchmarks/model_throughput.py
 	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/embed.py
 
 clean:
 	rm -rf $(VENV)

@@ -5,6 +5,7 @@ A workdir holds:
                         policy keeps the latest `max_to_keep` steps plus the step with the
                         best mAP (which may be older than all of them)
   config.json           the run's config (written by process 0)
+  damaged_checkpoints/<step>/   steps that no longer restored when training resumed (kept)
 Each step folder holds the items `model` (model variables: params and BatchNorm statistics),
 `opt` (optimizer state and step), `meta` (JSON) and, for a step that was evaluated,
 Orbax's `metrics` (JSON: mAP, rank-k), which `best_step` ranks. A step is written at most
@@ -18,23 +19,39 @@ Naming a checkpoint to evaluate (`resolve_model_checkpoint`): a workdir means it
 folder (`checkpoints/120`) that step. Evaluation restores `model` only.
 
 Every process calls save/restore (Orbax coordinates multi-host saves on a shared directory).
+
+Failures are `UserError`s with one message each: a checkpoint whose arrays differ from the
+model (`IncompatibleCheckpointError`, told apart by the step's `_METADATA` layout), one whose
+files are missing or unreadable (`DamagedCheckpointError`; resume falls back to the newest
+step that restores), and a failed save (`CheckpointSaveError`: the step, the folder, its free
+space; an asynchronous failure is raised by `raise_if_save_failed` at the next step).
 """
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
 import os
+import shutil
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from psta_jax.errors import UserError
+
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"  # where resume moves steps that no longer restore
+# OS errors a save reports in its text (TensorStore and Orbax wrap them in ValueError).
+_SAVE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM)
 LATEST_DIR = CHECKPOINT_DIR  # the folder that holds every step (kept for older callers)
 CONFIG_FILE = "config.json"
 BEST_METRIC = "mAP"  # higher is better
@@ -44,8 +61,20 @@ ITEMS = ("model", "opt", "meta")
 _COMPATIBILITY_FIELDS = ("model", "num_classes")
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(UserError, ValueError):
     """A checkpoint was written by a run whose model does not match this config."""
+
+
+class DamagedCheckpointError(UserError):
+    """A checkpoint's files are missing or unreadable although its layout fits this config."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """No checkpoint where one was named (evaluate mode, inspection)."""
+
+
+class CheckpointSaveError(UserError, OSError):
+    """Writing a checkpoint failed (disk full, permissions, ...)."""
 
 
 def _absolute(path: str | os.PathLike) -> epath.Path:
@@ -121,6 +150,8 @@ class Checkpoints:
         # Metrics of the steps saved by this process: an asynchronous save may not have
         # written them to disk yet when the next evaluation asks for the best mAP.
         self._saved_metrics: dict[int, dict] = {}
+        self._saving_step: int | None = None  # the step of the latest save call
+        self._failed = False  # a save failed (reported once, by CheckpointSaveError)
 
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
@@ -159,31 +190,118 @@ class Checkpoints:
         """
         if step in self._manager.all_steps():
             return False
+        # Orbax waits for the previous save anyway; waiting here names the step that failed.
+        self.wait()
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-        saved = self._manager.save(
-            step, args=_save_args(items, {"step": step, **(meta or {})}), metrics=metrics
-        )
+        self._saving_step = step
+        try:
+            saved = self._manager.save(
+                step, args=_save_args(items, {"step": step, **(meta or {})}), metrics=metrics
+            )
+        except Exception as error:  # Orbax reports I/O failures as ValueError, OSError, ...
+            raise self._save_error(step, error) from error
         if saved and metrics is not None:
             self._saved_metrics[step] = metrics
         return saved
+
+    def _save_error(self, step: int, error: BaseException) -> CheckpointSaveError:
+        """The one message for a failed save: the step, the folder and its free space."""
+        self._failed = True
+        folder = os.fspath(self.directory)
+        try:
+            existing = next(p for p in (folder, *_parents(folder)) if os.path.isdir(p))
+            free = f"{shutil.disk_usage(existing).free / 2**20:.1f} MiB free there"
+        except (OSError, StopIteration):
+            free = "free space unknown"
+        kept = [s for s in self._manager.all_steps() if s != step]
+        last = f"step {max(kept)} is the last good checkpoint" if kept else "no step was saved"
+        text = " ".join(str(error).split())
+        reasons = [os.strerror(code) for code in _SAVE_ERRNOS if os.strerror(code) in text]
+        detail = (reasons[0] + "; " if reasons else "") + text[:300]
+        return CheckpointSaveError(
+            f"cannot save the checkpoint of step {step} to {folder} ({free}): {detail}. "
+            f"Training stopped; {last} and stays as it was. Free disk space or fix the "
+            "folder's permissions, then run the same command to resume."
+        )
+
+    def raise_if_save_failed(self) -> None:
+        """Raises `CheckpointSaveError` if a finished asynchronous save failed (cheap)."""
+        if self._failed or self._saving_step is None or self._manager.is_saving_in_progress():
+            return
+        self.wait()
 
     def restore(self, step: int, targets: Mapping[str, Any]) -> dict:
         """The items of `step` shaped like `targets` (e.g. {'model': ..., 'opt': ...})."""
         return _restore_items(self._manager, step, targets)
 
     def restore_latest(self, targets: Mapping[str, Any]) -> tuple[int, dict] | None:
-        """(step, items) of the latest checkpoint shaped like `targets`; None if none."""
-        step = self._manager.latest_step()
-        if step is None:
-            return None
-        return step, self.restore(step, targets)
+        """(step, items) of the newest checkpoint that restores, shaped like `targets`.
+
+        A damaged step (files missing or unreadable) is skipped with a warning and, once an
+        older step restored, moved to `<workdir>/damaged_checkpoints/<step>` (kept, so that
+        training can write that step again). None when there is no checkpoint. Raises
+        `IncompatibleCheckpointError` for a checkpoint of another model, and
+        `DamagedCheckpointError` when no step restores.
+        """
+        damaged: dict[int, str] = {}
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                items = self.restore(step, targets)
+            except DamagedCheckpointError as error:
+                logging.warning("%s; trying the step before it", error)
+                damaged[step] = str(error)
+            else:
+                if damaged:
+                    self._set_aside(sorted(damaged))
+                    logging.warning(
+                        "resuming from step %d: damaged step(s) %s moved to %s (not deleted)",
+                        step,
+                        ", ".join(str(s) for s in sorted(damaged)),
+                        self.workdir / DAMAGED_DIR,
+                    )
+                return step, items
+            _finalize_abandoned_reads()
+        if damaged:
+            raise DamagedCheckpointError(
+                f"no checkpoint in {self.directory} restores; every step is damaged: "
+                + " | ".join(damaged.values())
+                + f". Move {self.directory} elsewhere to train from scratch."
+            )
+        return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves damaged step folders out of the checkpoint folder (process 0), keeping them."""
+        from psta_jax import distributed
+
+        if jax.process_index() == 0:
+            target = self.workdir / DAMAGED_DIR
+            target.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                destination = target / str(step)
+                suffix = 1
+                while destination.exists():  # an earlier resume set this step aside already
+                    destination = target / f"{step}.{suffix}"
+                    suffix += 1
+                (self.directory / str(step)).rename(destination)
+        distributed.barrier("damaged_checkpoints_moved")
+        self._manager.reload()
 
     def wait(self) -> None:
-        """Blocks until pending (asynchronous) saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending (asynchronous) saves are on disk; raises if one failed."""
+        if self._failed:
+            return  # Reported once already; Orbax would raise the same error again.
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:
+            raise self._save_error(self._saving_step, error) from error
 
     def close(self) -> None:
-        self._manager.close()
+        try:
+            self._manager.close()  # waits for pending saves first
+        except Exception as error:
+            if not self._failed:
+                raise self._save_error(self._saving_step, error) from error
+            # Already reported once as CheckpointSaveError; Orbax raises it again here.
 
     def __enter__(self) -> Checkpoints:
         return self
@@ -198,16 +316,102 @@ def _save_args(items: Mapping[str, Any], meta: Mapping[str, Any]) -> ocp.args.Co
 
 
 def _restore_items(manager: ocp.CheckpointManager, step: int, targets: Mapping[str, Any]) -> dict:
+    """Restores `targets`' items of `step`; a failure is classified by the saved layout.
+
+    When the arrays recorded in the step's `_METADATA` files differ from `targets` (names or
+    shapes), the checkpoint belongs to another model: `IncompatibleCheckpointError`. When
+    they match (or cannot be read), its files are damaged: `DamagedCheckpointError`.
+    """
     args = {name: ocp.args.StandardRestore(_abstract(t)) for name, t in targets.items()}
     try:
         restored = manager.restore(step, args=ocp.args.Composite(**args))
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as error:
-        raise IncompatibleCheckpointError(
-            f"checkpoint {manager.directory / str(step)} does not fit this model/optimizer "
-            "(the arrays it holds differ in structure or shape from what this config builds): "
-            f"{str(error).splitlines()[0][:300]}"
-        ) from error
-    return {name: restored[name] for name in targets}
+    except Exception as error:  # TensorStore, Orbax and the OS raise many types here.
+        folder = manager.directory / str(step)
+        detail = " ".join(str(error).split())[:300]
+        differences = _layout_differences(folder, targets)
+        if differences:
+            failure: UserError = IncompatibleCheckpointError(
+                f"checkpoint {folder} does not fit this model/optimizer: the arrays it holds "
+                f"differ from what this config builds ({'; '.join(differences[:5])}). Use a "
+                "new --workdir, or the config it was written with (its config.json)."
+            )
+        else:
+            failure = DamagedCheckpointError(
+                f"checkpoint step {step} in {manager.directory} is damaged (missing or "
+                f"unreadable files): {detail}"
+            )
+    else:
+        return {name: restored[name] for name in targets}
+    # Raised without its cause (the message holds it): the cause's frames would keep the
+    # failed reads alive, and their noise would surface at exit.
+    _finalize_abandoned_reads()
+    raise failure
+
+
+def _finalize_abandoned_reads() -> None:
+    """Collects the array reads a failed restore left pending, without their noise.
+
+    Otherwise each prints 'Exception ignored in: <coroutine ...>' with a traceback when it is
+    garbage collected, often at interpreter exit, long after the failure was handled.
+    """
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
+def _key_name(key: Any) -> str:
+    for attribute in ("key", "idx", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _saved_layout(item_folder: epath.Path) -> dict[tuple[str, ...], tuple[int, ...]] | None:
+    """{array path: shape} from an item's `_METADATA` file; None if it cannot be read."""
+    try:
+        tree = json.loads((item_folder / "_METADATA").read_text())["tree_metadata"]
+        return {
+            tuple(str(k["key"]) for k in entry["key_metadata"]): tuple(
+                entry["value_metadata"]["write_shape"]
+            )
+            for entry in tree.values()
+            if entry["value_metadata"].get("write_shape") is not None
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _layout_differences(folder: epath.Path, targets: Mapping[str, Any]) -> list[str]:
+    """How the arrays saved in a step folder differ from `targets` (empty: they match, or the
+    saved layout cannot be read, which points at damage rather than another model)."""
+    differences = []
+    for name, target in targets.items():
+        saved = _saved_layout(folder / name)
+        if saved is None:
+            continue
+        flat = jax.tree_util.tree_flatten_with_path(target)[0]
+        wanted = {tuple(_key_name(k) for k in path): tuple(np.shape(v)) for path, v in flat}
+        for path in sorted(set(saved) | set(wanted)):
+            where = f"{name}/{'/'.join(path)}"
+            if path not in saved:
+                differences.append(f"{where}: not in the checkpoint")
+            elif path not in wanted:
+                differences.append(f"{where}: not in this model")
+            elif saved[path] != wanted[path]:
+                differences.append(f"{where}: shape {saved[path]} saved, {wanted[path]} now")
+    return differences
+
+
+def _parents(path: str) -> list[str]:
+    """The parent folders of `path`, nearest first."""
+    parents = []
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        parents.append(path)
+    return parents
 
 
 def _step_dirs(directory: epath.Path) -> list[int]:
@@ -236,7 +440,7 @@ def resolve_model_checkpoint(path: str | os.PathLike) -> tuple[epath.Path, int]:
         return path, _step_dirs(path)[-1]
     if path.name.isdigit() and path.is_dir():
         return path.parent, int(path.name)
-    raise FileNotFoundError(
+    raise CheckpointNotFoundError(
         f"no checkpoint found at {path}: expected a workdir (holding {CHECKPOINT_DIR}/), "
         f"a {CHECKPOINT_DIR}/ folder, or one step folder inside it"
     )

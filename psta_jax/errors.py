@@ -6,7 +6,7 @@ fix it. The CLI wrappers below print that message to stderr and exit non-zero wi
 traceback; any other exception is a bug and keeps its traceback. `--verbose` (or absl's
 `-v 1`) shows the full traceback, with the chain of causes, for expected failures too.
 
-    app.run(errors.absl_main(main))                   # absl CLIs (psta_jax.main, convert)
+    app.run(errors.absl_main(main), flags_parser=errors.parse_absl_flags)   # absl CLIs
     sys.exit(errors.run_cli(main, argv, verbose=v))   # argparse CLIs (launch, synthetic)
 
 This module imports only absl, so raising a `UserError` costs nothing at import time.
@@ -15,6 +15,7 @@ This module imports only absl, so raising a `UserError` costs nothing at import 
 from __future__ import annotations
 
 import functools
+import logging as python_logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -38,6 +39,10 @@ class UserError(Exception):
     """
 
     exit_code: int = 1
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work (names the field, the value and what is allowed)."""
 
 
 def describe(error: BaseException) -> str:
@@ -73,6 +78,11 @@ def _run(main: Callable[[], Any], verbose: bool | Callable[[], bool]) -> Any:
         if verbose() if callable(verbose) else verbose:
             traceback.print_exc()
         else:
+            # Work the failure abandoned (pending array reads or writes) ends while the
+            # process exits; its log records and "Exception ignored in ..." tracebacks would
+            # bury the message.
+            python_logging.disable(python_logging.ERROR)
+            sys.unraisablehook = lambda unraisable: None
             report(error)
         raise SystemExit(error.exit_code) from None
     except KeyboardInterrupt:
@@ -88,6 +98,42 @@ def absl_main(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
         return _run(lambda: main(argv), _absl_verbose)
 
     return wrapped
+
+
+def _without_traceback(message: str) -> str:
+    """A flag error's text with any embedded traceback cut down to its last line."""
+    lines = message.splitlines()
+    if not any(line.strip().startswith("Traceback (most recent call last)") for line in lines):
+        return message
+    start = next(i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line)
+    head = [line for line in lines[:start] if line.strip()]
+    tail = [line.strip() for line in lines[start:] if line.strip()]
+    return "\n".join([*head, f"  {tail[-1]}"])
+
+
+def parse_absl_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing (`app.run(..., flags_parser=parse_absl_flags)`) with one message.
+
+    A config file that fails to load, or a `--config.x.y=` override of a field the config
+    does not have, ends with the reason and exit code 1 instead of a traceback (unless
+    --verbose is among the arguments).
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        if "--verbose" in argv:
+            raise
+        message = _without_traceback(str(error))
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # config overrides
+        if "--verbose" in argv:
+            raise
+        text = str(error.args[0]) if error.args else str(error)
+        text = " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
+        if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1]
+        message = f"a --config.* override does not fit the config ({type(error).__name__}: {text})"
+    sys.stderr.write(f"error: {message}\nPass --helpshort or --helpfull to see help on flags.\n")
+    raise SystemExit(1)
 
 
 def run_cli(main: Callable[[], Any], *, verbose: bool = False) -> Any:

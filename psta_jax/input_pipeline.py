@@ -33,6 +33,7 @@ int32; evaluation ``clips``, ``tracklet_ids`` (B,) int64, ``pids`` (B,) int64, `
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -46,6 +47,8 @@ import tensorflow as tf
 
 from psta_jax import augment, datasets, distributed, sampling
 from psta_jax.augment import IMAGENET_MEAN, IMAGENET_STD, draw_erasing_boxes, frame_transform
+from psta_jax.datasets import preparation
+from psta_jax.errors import ConfigError
 
 AUTOTUNE = tf.data.AUTOTUNE
 REQUIRED_FEATURES = ("frames", "pid", "camid", "tracklet_id")
@@ -539,6 +542,7 @@ def _prepare(config: ml_collections.ConfigDict):
         data_dir=config.data_dir,
         raw_dir=config.dataset.raw_dir or None,
         builder_config=config.dataset.builder_config or None,
+        skip_bad_frames=config.dataset.get("skip_bad_frames", False),
     )
 
 
@@ -549,10 +553,12 @@ def open_dataset(config: ml_collections.ConfigDict) -> Splits:
             _prepare(config)
         distributed.barrier("dataset_prepared")
     builder = _prepare(config)
-    stores = {
-        split: load_tracklets(datasets.load_split(builder, split))
-        for split in ("train", "query", "gallery")
-    }
+    stores = {}
+    for split in ("train", "query", "gallery"):
+        try:
+            stores[split] = load_tracklets(datasets.load_split(builder, split))
+        except tf.errors.OpError as error:  # DataLossError: a damaged prepared file.
+            raise preparation.read_error(builder, split, error) from error
     return Splits(name=config.dataset.name, **stores)
 
 
@@ -570,22 +576,33 @@ def _image_fields(config: ml_collections.ConfigDict) -> dict:
 
 def train_pipeline_config(config: ml_collections.ConfigDict) -> TrainPipelineConfig:
     """The training pipeline a run's config describes."""
-    return TrainPipelineConfig(
-        identities_per_batch=config.batch.identities,
-        instances_per_identity=config.batch.instances,
-        sampler=config.input.train_sampler,
-        flip=config.input.flip,
-        erasing=config.input.erasing_prob > 0,
-        erasing_prob=config.input.erasing_prob,
-        **_image_fields(config),
-    )
+    with _config_checks():
+        return TrainPipelineConfig(
+            identities_per_batch=config.batch.identities,
+            instances_per_identity=config.batch.instances,
+            sampler=config.input.train_sampler,
+            flip=config.input.flip,
+            erasing=config.input.erasing_prob > 0,
+            erasing_prob=config.input.erasing_prob,
+            **_image_fields(config),
+        )
 
 
 def eval_pipeline_config(config: ml_collections.ConfigDict) -> EvalPipelineConfig:
     """The evaluation pipeline a run's config describes."""
-    return EvalPipelineConfig(
-        sampler=config.input.test_sampler, seed=config.seed, **_image_fields(config)
-    )
+    with _config_checks():
+        return EvalPipelineConfig(
+            sampler=config.input.test_sampler, seed=config.seed, **_image_fields(config)
+        )
+
+
+@contextlib.contextmanager
+def _config_checks() -> Iterator[None]:
+    """A pipeline config's validation error, reported as a config error (no traceback)."""
+    try:
+        yield
+    except ValueError as error:
+        raise ConfigError(f"invalid config.input / config.model value: {error}") from error
 
 
 class TrainData:
@@ -599,12 +616,12 @@ class TrainData:
         self.steps_per_epoch = self.num_identities // self.pipeline_config.identities_per_batch
         self.global_batch_size = self.pipeline_config.global_batch_size
         if self.steps_per_epoch < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"the training split has {self.num_identities} identities, fewer than "
                 f"config.batch.identities={self.pipeline_config.identities_per_batch}"
             )
         if self.global_batch_size % jax.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"the global batch of {self.global_batch_size} clips (config.batch.identities x "
                 f"config.batch.instances) must divide evenly over {jax.device_count()} devices"
             )

@@ -24,6 +24,7 @@ from absl import logging
 from flax import nnx
 
 from psta_jax import losses
+from psta_jax.errors import UserError
 from psta_jax.models.psta import PSTA
 from psta_jax.sharding import data_sharded, replicated
 
@@ -31,7 +32,7 @@ from psta_jax.sharding import data_sharded, replicated
 PrepareClips = Callable[[jax.Array, jax.Array | None], jax.Array]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; the state and checkpoints keep the last good step."""
 
 

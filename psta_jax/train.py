@@ -25,6 +25,7 @@ from psta_jax import (
     progress,
     sharding,
     steps,
+    xla_cpu,
 )
 from psta_jax.evaluation import model_eval
 from psta_jax.models import build_model
@@ -105,6 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # Compile before the first collective, then line the processes up (see barrier).
         first_batch = next(batches)
         train_step = train_step.lower(state, first_batch).compile()
+        xla_cpu.release_freed_host_memory()  # ~1 GB the compiler freed, before the steps
         distributed.barrier("train_step_compiled")
         batches = itertools.chain([first_batch], batches)
     pending: list[dict] = []
@@ -116,6 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             with profiler.step(step):
                 state, step_metrics = train_step(state, next(batches))
             profiler.step_done(step, state)
+            checkpoints.raise_if_save_failed()  # a failed save stops training at once
             pending.append(step_metrics)
             is_last = step == total_steps
             checkpoint_now = step % checkpoint_every == 0 or is_last
@@ -124,8 +127,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 pending = []
             evaluated = None
             if step % eval_every == 0 or is_last:
-                with train_progress.timed("evaluation", wait_for=state):
-                    metrics = _evaluate(config, splits, embed_fn, state, mesh)
+                try:
+                    with train_progress.timed("evaluation", wait_for=state):
+                        metrics = _evaluate(config, splits, embed_fn, state, mesh)
+                except Exception:
+                    # A failed evaluation must not cost the steps since the last checkpoint.
+                    checkpoints.save(step, _items(state))
+                    logging.error("evaluation at step %d failed; that step is checkpointed", step)
+                    raise
                 evaluated = _eval_scalars(metrics)
                 writer.write_scalars(step, {f"eval/{k}": v for k, v in evaluated.items()})
             # One save per step: a checkpoint step, or an evaluation that beats the best mAP;

@@ -6,7 +6,7 @@ the convolutions autodiff derives for gradients (kernel gradients contracting ov
 batch, input gradients of strided convs): 5-50x slower than XLA's own Eigen kernels on
 ResNet-50's layer shapes at 256x128. `configure_xla_cpu()` takes only the convolutions
 out of YNN (`-individual_convolution`); turning every YNN fusion off instead makes the
-BatchNorm reductions ~10x slower.
+BatchNorm reductions ~10x slower. It also picks XLA:CPU's memory-optimised scheduler.
 
 Every entry point that computes calls `configure_for_cpu_if_needed()` first thing (before
 anything creates a JAX array; once the backend exists the flags can no longer change):
@@ -22,6 +22,8 @@ its own, and only there: the choice is made per lowering platform.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import glob
 import importlib.metadata
 import importlib.util
@@ -31,6 +33,10 @@ import warnings
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 CONVOLUTIONS_OUT_OF_YNN = f"{YNN_FLAG}=-individual_convolution"
+SCHEDULER_FLAG = "--xla_cpu_scheduler_type"
+# Orders the train step's ops for the least live memory: XLA's temporaries 2.37 -> 2.17
+# GiB, peak RSS 4.26 -> 3.98 GiB for a P=2 x K=2 step at 256x128 (no slower measured).
+MEMORY_OPTIMIZED_SCHEDULER = f"{SCHEDULER_FLAG}=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 
 # Device nodes of the accelerators JAX has plugins for (NVIDIA, AMD ROCm, TPU).
 _ACCELERATOR_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/accel[0-9]*",
@@ -44,14 +50,17 @@ def _backend_started() -> bool:
 
 
 def configure_xla_cpu() -> None:
-    """Appends the PSTA XLA:CPU flags to XLA_FLAGS (idempotent; respects a user setting)."""
+    """Appends the PSTA XLA:CPU flags to XLA_FLAGS (idempotent; a flag the user set stays
+    as set)."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if YNN_FLAG in flags:
-        return  # set explicitly by the user
+    missing = [f for f in (CONVOLUTIONS_OUT_OF_YNN, MEMORY_OPTIMIZED_SCHEDULER)
+               if f.split("=")[0] not in flags]
+    if not missing:
+        return
     if _backend_started():
         raise RuntimeError("configure_xla_cpu() must run before JAX initialises its "
                            "backends (call it before creating any jax.Array)")
-    os.environ["XLA_FLAGS"] = f"{flags} {CONVOLUTIONS_OUT_OF_YNN}".strip()
+    os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
 
 
 def _accelerator_plugin_installed() -> bool:
@@ -105,3 +114,16 @@ def ynn_convolutions_enabled() -> bool:
     if items and all(item[0] in "+-" for item in items):  # edits of the default list
         return "-individual_convolution" not in items
     return "individual_convolution" in items  # an explicit list (empty: YNN off)
+
+
+def release_freed_host_memory() -> bool:
+    """Hands the heap memory that glibc keeps after an XLA compilation back to the OS
+    (`malloc_trim(0)`); call it after compiling a large program. XLA's compiler frees
+    about 1 GB after the full train step, which glibc would otherwise keep in its arenas,
+    so the process peaks that much higher while the step runs. Returns whether memory was
+    released (False where libc has no malloc_trim)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 
 from psta_jax.datasets import preparation, reid_builder
 from psta_jax.datasets.raw_io import CorruptRawDataError, MissingRawDataError, RawDataError
+from psta_jax.errors import ConfigError
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -88,7 +89,9 @@ class ReidInfo:
 def builder_class(name: str) -> type[reid_builder.ReidBuilder]:
     """The builder class registered under `name`."""
     if name not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
+        raise ConfigError(
+            f"unknown dataset {name!r} (config.dataset.name); expected one of {sorted(BUILDERS)}"
+        )
     return BUILDERS[name]
 
 
@@ -112,7 +115,9 @@ def _config_name(cls: type[reid_builder.ReidBuilder], config: str | int | None) 
         config = f"split_{config}"
     if config not in names:
         expected = names or "no config (this dataset has one fixed split)"
-        raise ValueError(f"{cls.name}: unknown builder_config {config!r}; expected {expected}")
+        raise ConfigError(
+            f"{cls.name}: unknown config.dataset.builder_config {config!r}; expected {expected}"
+        )
     return config
 
 

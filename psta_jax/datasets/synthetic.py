@@ -411,7 +411,7 @@ def _refuse(out: str, why: str, foreign: list[str]) -> SyntheticFolderError:
     if len(foreign) > 10:
         listed += f" and {len(foreign) - 10} more"
     return SyntheticFolderError(
-        f"synthetic MARS: {out} {why}, and it holds files the generator did not write or that "
+        f"synthetic MARS: {out} {why}, with files the generator did not write or that "
         f"changed since: {listed}. Nothing was deleted. Move those files elsewhere, delete "
         f"{out} yourself, or point --config.dataset.raw_dir (or --out) at a new folder."
     )
@@ -444,7 +444,7 @@ def replace(out: str, config: SyntheticConfig) -> dict[str, int]:
     foreign = foreign_files(out)
     if foreign:
         difference = _config_difference(out, config)
-        raise _refuse(out, f"holds a synthetic dataset ({difference})", foreign)
+        raise _refuse(out, f"holds a synthetic dataset of another config ({difference})", foreign)
     config.validate()
     partial = os.path.normpath(out) + ".partial"
     shutil.rmtree(partial, ignore_errors=True)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import sys
 from collections.abc import Sequence
 
-from psta_jax import input_pipeline, xla_cpu
+from psta_jax import errors, input_pipeline, xla_cpu
 from psta_jax.inspection import (
     ablation_table,
     attention_figure,
@@ -80,6 +81,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=None,
                         help="clips per call for FLOPs and speed (default: the eval batch)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per run")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the full traceback of an expected error")
     return parser.parse_args(argv)
 
 
@@ -96,4 +99,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, pathlib.Path]:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run_cli(main, verbose="--verbose" in sys.argv)

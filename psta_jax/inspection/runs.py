@@ -18,6 +18,7 @@ from flax import nnx
 from PIL import Image
 
 from psta_jax import checkpointing, evaluation, input_pipeline, sharding, steps
+from psta_jax.errors import UserError
 from psta_jax.evaluation import features as features_lib
 from psta_jax.evaluation import model_eval
 from psta_jax.models import PSTA
@@ -98,18 +99,26 @@ def effective_aggregation(model_config: Mapping) -> str:
     return aggregation
 
 
+class NotAWorkdirError(UserError, FileNotFoundError):
+    """A folder given as a training workdir has no readable config.json."""
+
+
 def read_run_config(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDict, int]:
     """(config, num_classes) from a workdir's config.json."""
     path = epath.Path(workdir) / checkpointing.CONFIG_FILE
     if not path.exists():
-        raise FileNotFoundError(
+        raise NotAWorkdirError(
             f"{path} not found: expected a training workdir written by psta_jax.main "
             "(config.json beside checkpoints/)")
-    payload = json.loads(path.read_text())
+    try:
+        payload = json.loads(path.read_text())
+    except ValueError as error:
+        raise NotAWorkdirError(f"{path} is not valid JSON ({error}); it should be the run's "
+                               "config written by psta_jax.main") from error
     num_classes = payload.pop("num_classes", None)
     if not isinstance(num_classes, int) or "model" not in payload:
-        raise ValueError(f"{path}: expected the run's config with 'model' and an integer "
-                         f"'num_classes', got keys {sorted(payload)}")
+        raise NotAWorkdirError(f"{path}: expected the run's config with 'model' and an integer "
+                               f"'num_classes', got keys {sorted(payload)}")
     return ml_collections.ConfigDict(payload), num_classes
 
 

@@ -68,4 +68,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(errors.absl_main(main))
+    app.run(errors.absl_main(main), flags_parser=errors.parse_absl_flags)

@@ -182,4 +182,5 @@ def embed_split(checkpoint: str | os.PathLike | TrainedModel, spec: str, *,
 
 def _report(num_tracklets: int, throughput: Throughput) -> None:
     if jax.process_index() == 0:
-        print(f"embedded {num_tracklets} tracklets, {throughput.describe()}", file=sys.stderr)
+        print(f"embedded {num_tracklets} tracklets on {jax.device_count()} "
+              f"{jax.default_backend()} device(s), {throughput.describe()}", file=sys.stderr)

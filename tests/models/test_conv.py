@@ -3,6 +3,8 @@ decision to set them."""
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,13 +84,15 @@ def test_ynn_convolutions_enabled_reads_xla_flags(monkeypatch, xla_flags, enable
     assert xla_cpu.ynn_convolutions_enabled() is enabled
 
 
-def test_configure_xla_cpu_respects_user_setting_and_refuses_late_calls(monkeypatch):
-    user = "--xla_cpu_experimental_ynn_fusion_type=-dot"
+def test_configure_xla_cpu_respects_user_settings_and_refuses_late_calls(monkeypatch):
+    user = (f"{xla_cpu.YNN_FLAG}=-dot "
+            f"{xla_cpu.SCHEDULER_FLAG}=CPU_SCHEDULER_TYPE_DEFAULT")
     monkeypatch.setenv("XLA_FLAGS", user)
-    xla_cpu.configure_xla_cpu()
-    assert xla_cpu.ynn_convolutions_enabled()
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
     jnp.zeros(())  # the backend is up in this process by now
+    xla_cpu.configure_xla_cpu()  # both set by the user: nothing to add, so no error
+    assert os.environ["XLA_FLAGS"] == user
+    assert xla_cpu.ynn_convolutions_enabled()
+    monkeypatch.setenv("XLA_FLAGS", f"{xla_cpu.YNN_FLAG}=-dot")
     with pytest.raises(RuntimeError, match="before JAX"):
         xla_cpu.configure_xla_cpu()
 
@@ -112,6 +116,7 @@ def test_configure_for_cpu_if_needed_sets_flags_only_for_cpu_runs(
     assert xla_cpu.will_run_on_cpu() is on_cpu
     assert xla_cpu.configure_for_cpu_if_needed() is on_cpu
     assert xla_cpu.ynn_convolutions_enabled() is not on_cpu
+    assert (xla_cpu.MEMORY_OPTIMIZED_SCHEDULER in os.environ["XLA_FLAGS"]) is on_cpu
 
 
 def test_conv2d_follows_xla_flags_at_trace_time(monkeypatch):

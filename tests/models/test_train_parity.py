@@ -81,14 +81,18 @@ def f64_step(tmp_path_factory):
         [sys.executable, "-m", "tests.models.release_step", "float64", str(out)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert process.returncode == 0, process.stderr[-4000:]
-    assert "Explicitly requested dtype float64" not in process.stderr, "a silent downcast"
+    # JAX warns when float64 values are truncated: by a scatter into a float32 array
+    # ("cannot safely cast", e.g. float32 running statistics updated with float64 batch
+    # statistics) or by an explicit float64 request without x64.
+    for downcast in ("cannot safely cast", "Explicitly requested dtype float64"):
+        assert downcast not in process.stderr, process.stderr[-4000:]
     with np.load(out) as summary:
         return dict(summary)
 
 
 def test_f64_step_has_no_silent_downcast(f64_step):
-    # The fixture asserts that JAX warned about no float64 -> float32 truncation; the step
-    # really ran in float64 (float32 logits would miss by ~1e-5 at best).
+    # The fixture asserts that JAX warned about no float64 -> float32 truncation; the
+    # outputs are float64 (and the tests below put them within 1e-11 of the release's).
     assert f64_step["train_logits_0"].dtype == np.float64
     print(f"float64 step: {float(f64_step['seconds']):.0f} s")
 

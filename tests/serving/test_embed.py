@@ -2,7 +2,11 @@
 does, embed -> search gives the evaluator's CMC/mAP exactly, and bad input gets one message."""
 
 import json
+import os
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -46,6 +50,24 @@ def test_embed_then_search_gives_the_evaluators_metrics_exactly(trained_run, spl
     assert query.checkpoint.step == 2 and query.checkpoint.path == str(trained_run)
     assert query.names[0].startswith("query_")
     assert "R1      R5     R10     R20     mAP" in capsys.readouterr().out
+
+
+def test_embedding_on_two_devices_matches_one(trained_run, split_files, tmp_path):
+    """The batch is sharded over every local device (two CPU devices here)."""
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+               "--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    out = tmp_path / "query_2dev.npz"
+    completed = subprocess.run(
+        [sys.executable, "-m", "psta_jax.embed", "--checkpoint", str(trained_run), "--split",
+         "mars:query", "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=600,
+        cwd=pathlib.Path(__file__).resolve().parents[2])
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "on 2 cpu device(s)" in completed.stderr
+    two = embedding_file.load(out)
+    one = embedding_file.load(split_files["query"])
+    assert two.names.tolist() == one.names.tolist()
+    np.testing.assert_allclose(two.embeddings, one.embeddings, rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

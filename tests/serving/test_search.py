@@ -2,6 +2,7 @@
 
 import dataclasses
 import html.parser
+import pathlib
 import subprocess
 import sys
 
@@ -12,9 +13,11 @@ from psta_jax import evaluation, inspection, search
 from psta_jax.serving import embedding_file, ranking, report_page
 from psta_jax.serving.embedding_file import CheckpointIdentity
 from psta_jax.serving.errors import ServingInputError
-from tests.conftest import REPO_ROOT
 from tests.serving.helpers import labelled_embeddings, random_frames, write_tracklet
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+# search.main runs in this process, after JAX started: its XLA:CPU flags cannot apply.
+pytestmark = pytest.mark.filterwarnings("ignore:JAX is already running")
 Q_PIDS, Q_CAMS = [1, 2, 3, 4], [0, 1, 2, 0]
 G_PIDS, G_CAMS = [1, 1, 2, 2, 3, 3, 4, 5, -1, 0], [0, 1, 0, 2, 1, 0, 0, 1, 2, 3]
 
@@ -155,3 +158,17 @@ def test_cli_errors_are_one_message_without_traceback(tmp_path):
     assert completed.returncode == 1
     assert "is a folder: pass --checkpoint" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_unlabelled_search_draws_grey_sheets(tmp_path):
+    query, gallery = _folder_pair(tmp_path)
+    query = dataclasses.replace(query, pids=None, camids=None)
+    result = ranking.search(query, gallery, ranking.SearchOptions(top_k=2))
+    page = report_page.write_report(query, gallery, result, tmp_path / "out", max_sheets=1)
+    text = page.read_text()
+    assert text.count("<img ") == 1 and 'class="match"' not in text and "<pre>" not in text
+    assert (tmp_path / "out" / report_page.sheet_name(0)).read_bytes()[:4] == b"\x89PNG"
+    fig = inspection.plot_retrieval([np.zeros((4, 2, 3), np.uint8)],
+                                    [[np.zeros((4, 2, 3), np.uint8)]], result.ranked[0][:1])
+    label = fig.axes[1].get_ylabel()  # row 0 the query, row 1 the first ranked (1 column)
+    assert label.startswith("#1\nd=") and "pid" not in label
