@@ -27,6 +27,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/evaluation.py
 	$(PY) benchmarks/model_throughput.py
+	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/embed.py
 
