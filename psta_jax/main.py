@@ -48,6 +48,8 @@ class _QuietLibraries(python_logging.Filter):
             if any(part in record.pathname for part in self._NO_TRACEBACK):
                 record.exc_info, record.exc_text = None, None
         noisy = any(part in record.pathname for part in self._NOISY)
+        if noisy and record.getMessage().startswith("Requested `tracked_metric`"):
+            return False  # every checkpoint-only save: steps without an evaluation are expected
         return record.levelno >= python_logging.WARNING or not noisy
 
 

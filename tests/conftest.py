@@ -2,6 +2,7 @@
 authors' release lives in tests/reference/ (see tests/reference_data.py)."""
 
 import os
+import pathlib
 import tempfile
 
 # Tests run tiny models whose cost is XLA's compile time, not run time: compile with the
@@ -16,3 +17,5 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

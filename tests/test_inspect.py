@@ -21,9 +21,9 @@ from PIL import Image
 
 from psta_jax import config_base, evaluation, inspection, train
 from psta_jax.models import build_model
+from tests.conftest import REPO_ROOT
 from tests.helpers.tiny import tiny_run_config
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO_ROOT / "notebooks" / "ablation_inspection.ipynb"
 PRESETS = ("full", "baseline")
 FIGURES = ("attention", "retrieval", "tsne")

@@ -1,12 +1,11 @@
 """The local launcher: bad arguments and dead processes end with one message, no traceback."""
 
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import REPO_ROOT
 
 
 def _launch(*args):

@@ -12,11 +12,11 @@ import psutil
 import pytest
 
 from psta_jax import launch, train
+from tests.conftest import REPO_ROOT
 from tests.helpers.tiny import restore_saved_params
 
 pytestmark = pytest.mark.xdist_group("multihost")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STEPS = 4
 

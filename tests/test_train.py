@@ -16,11 +16,11 @@ import pytest
 
 from psta_jax import checkpointing, steps, train
 from psta_jax.evaluation import model_eval
+from tests.conftest import REPO_ROOT
 from tests.helpers.tiny import restore_saved_params, tiny_run_config
 
 pytestmark = pytest.mark.xdist_group("train_e2e")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOTAL_STEPS = 6
 

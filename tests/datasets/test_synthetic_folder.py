@@ -3,15 +3,13 @@ add NOTES.txt, run the demo: the file was gone)."""
 
 import dataclasses
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
 from psta_jax.datasets import synthetic
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.conftest import REPO_ROOT
 
 SMALL = synthetic.SyntheticConfig(
     seed=1, num_train_ids=3, num_test_ids=3, num_unmatched_ids=1, num_distractor_tracklets=1,

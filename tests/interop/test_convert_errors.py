@@ -1,7 +1,6 @@
 """interop.convert on files that are not usable checkpoints: one message that says what it is."""
 
 import os
-import pathlib
 import pickle
 import subprocess
 import sys
@@ -13,8 +12,7 @@ import pytest
 from psta_jax import config_base
 from psta_jax.interop import convert
 from psta_jax.interop.torch_import import NotATorchCheckpointError, WeightImportError
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.conftest import REPO_ROOT
 
 
 def test_cli_on_a_file_that_is_not_a_checkpoint(tmp_path):

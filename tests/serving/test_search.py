@@ -2,7 +2,6 @@
 
 import dataclasses
 import html.parser
-import pathlib
 import subprocess
 import sys
 
@@ -13,9 +12,9 @@ from psta_jax import evaluation, inspection, search
 from psta_jax.serving import embedding_file, ranking, report_page
 from psta_jax.serving.embedding_file import CheckpointIdentity
 from psta_jax.serving.errors import ServingInputError
+from tests.conftest import REPO_ROOT
 from tests.serving.helpers import labelled_embeddings, random_frames, write_tracklet
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # search.main runs in this process, after JAX started: its XLA:CPU flags cannot apply.
 pytestmark = pytest.mark.filterwarnings("ignore:JAX is already running")
 Q_PIDS, Q_CAMS = [1, 2, 3, 4], [0, 1, 2, 0]
