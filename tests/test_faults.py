@@ -7,7 +7,6 @@ past a damaged checkpoint); the rest fail before training or run in this process
 """
 
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -15,8 +14,8 @@ import sys
 import pytest
 
 from psta_jax.datasets import raw_io, synthetic
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import REPO_ROOT
+from tests.helpers.files import snapshot
 
 pytestmark = pytest.mark.xdist_group("train_e2e")
 
@@ -39,15 +38,6 @@ def _main(workdir, data_dir, *flags, timeout=900):
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def snapshot(root) -> dict[str, bytes]:
-    """{relative path: bytes} of every file under `root` (the lock-free run outputs)."""
-    found = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, root)] = f.read()
-    return found
 
 
 def assert_clean_failure(result, *keywords, code=1):
