@@ -1,7 +1,8 @@
-"""PSTA model speed on this machine beside a PyTorch ResNet-50 baseline timed in the same run.
+"""PSTA model speed on this machine beside the authors' PyTorch release, timed in the same run.
 
     python benchmarks/model_throughput.py [--eval_batches=1] [--repeats=3] [--skip_train]
-        [--no_torch] [--dtype=float32] [--jaxlib_default_flags] [--xla_flags='--xla_...']
+        [--no_release] [--no_torch] [--dtype=float32] [--jaxlib_default_flags]
+        [--xla_flags='--xla_...']
 
 Ours: the default PSTA (ResNet-50, last stride 1, three STAM stages, 625 classes) at
 256x128, T=8, random weights, as psta_jax.main runs it: eval = the jitted embedding of
@@ -9,18 +10,27 @@ uint8 clips (`steps.compile_embed`), train = one jitted step on P=2 x K=2 clips
 (`steps.compile_train_step`: forward in train mode, the release's loss, gradients,
 coupled Adam, BatchNorm statistics).
 
-Baseline: a plain PyTorch ResNet-50 backbone (last stride 1, as in the release; written
-out here, no torchvision) at the same shapes, in a child process of this one with as
-many threads as this process may use: eval = its forward on the clip's frames, train =
-forward + backward + Adam on all P x K x T frames. The release adds its PSTA heads and
-loss on top of this backbone, so the baseline is a little faster than the release itself.
-The two are measured interleaved (ours, baseline, ours, ...), best of --repeats each, so
-their ratio holds when a shared machine's speed drifts; the load average is printed
+Baselines, in PyTorch with as many threads as this process may use, on uint8 clips
+(B, T, 3, H, W) turned into ImageNet-normalised floats inside the timed call:
+- release (the headline): the authors' released network and loss
+  (`psta_jax.interop.torch_model`, checked against the release's own outputs in
+  tests/interop/test_torch_model.py), random init: eval = its eval forward (the
+  embedding) of B clips; train = forward in train mode + `release_loss` + backward +
+  torch.optim.Adam (lr 3.5e-4, weight decay 5e-4) on P=2 x K=2 clips.
+- backbone: the release's ResNet-50 backbone alone on all the clips' frames: eval = its
+  forward, train = forward + backward of the maps' mean + the same Adam. A lower bound
+  for any PSTA on this backbone.
+Each baseline measure (model x eval/train x batch) runs in its own child process, so its
+threads never compete with XLA's and its peak RSS is its own. Ours and the baselines are
+measured interleaved (ours, release, backbone, ours, ...), best of --repeats each, so
+their ratios hold when a shared machine's speed drifts; the load average is printed
 beside each row.
 
-GFLOP/s: ours from XLA's cost analysis of the compiled program, the baseline from its
-convolution and linear layers (train: 3x forward). Peak: cores x 2 FMA units x vector
-lanes x 2 flops x the clock /proc/cpuinfo reports.
+GFLOP/s: ours from XLA's cost analysis of the compiled program (every op), the
+baselines from torch.utils.flop_counter.FlopCounterMode over one call (convolutions,
+their backward, matmuls incl. the relation maps' bmm; train: the real forward +
+backward). Peak: cores x 2 FMA units x vector lanes x 2 flops x the clock
+/proc/cpuinfo reports.
 """
 
 from __future__ import annotations
@@ -36,9 +46,8 @@ from psta_jax import xla_cpu
 
 CLIP_LEN, IMAGE_SIZE, NUM_CLASSES = 8, (256, 128), 625
 TRAIN_IDENTITIES, TRAIN_INSTANCES = 2, 2
-# The authors' release on this machine, in one run with our numbers of the time (issue 12;
-# load < 1): for reference only, the ratios below use the in-run baseline.
-RELEASE_EVAL_CLIPS_PER_S, RELEASE_TRAIN_CLIPS_PER_S = 1.54, 0.39
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+BASELINES = ("release", "backbone")
 
 
 # ----------------------------------------------------------------------------- hardware
@@ -66,98 +75,96 @@ def cpu_peak_gflops(cores: int) -> tuple[float, str]:
 # ----------------------------------------------------------------------------- PyTorch
 
 
-def torch_resnet50_backbone():
-    """ResNet-50 without pooling and classifier, last stride 1 (the release's backbone)."""
-    from torch import nn  # noqa: PLC0415 (optional dependency, child process only)
+def torch_call(model_name: str, kind: str, clips: int):
+    """One measured call of a PyTorch baseline, on fixed random uint8 clips (B, T, 3, H, W)
+    that it turns into ImageNet-normalised floats, as our programs do on device."""
+    import torch  # noqa: PLC0415 (optional dependency, child processes only)
 
-    def conv_bn(cin, cout, k, stride=1):
-        return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+    from psta_jax.interop import torch_model  # noqa: PLC0415 (imports torch)
 
-    class Bottleneck(nn.Module):
-        def __init__(self, cin, width, stride):
-            super().__init__()
-            self.body = nn.Sequential(
-                *conv_bn(cin, width, 1), nn.ReLU(),
-                *conv_bn(width, width, 3, stride), nn.ReLU(),
-                *conv_bn(width, 4 * width, 1),
-            )
-            self.shortcut = (
-                nn.Identity() if stride == 1 and cin == 4 * width
-                else nn.Sequential(*conv_bn(cin, 4 * width, 1, stride))
-            )
+    generator = torch.Generator().manual_seed(0)
+    uint8_clips = torch.randint(0, 256, (clips, CLIP_LEN, 3, *IMAGE_SIZE), dtype=torch.uint8,
+                                generator=generator)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
-        def forward(self, x):
-            return nn.functional.relu(self.body(x) + self.shortcut(x))
+    def prepare():
+        return (uint8_clips.float() / 255.0 - mean) / std
 
-    layers, cin = [*conv_bn(3, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1)], 64
-    for index, (blocks, stride) in enumerate(zip((3, 4, 6, 3), (1, 2, 2, 1), strict=True)):
-        for block in range(blocks):
-            layers.append(Bottleneck(cin, 64 * 2**index, stride if block == 0 else 1))
-            cin = 4 * 64 * 2**index
-    return nn.Sequential(*layers)
+    labels = torch.arange(clips // TRAIN_INSTANCES).repeat_interleave(TRAIN_INSTANCES)
+    if model_name == "release":
+        model = torch_model.release_model(NUM_CLASSES, image_size=IMAGE_SIZE, seq_len=CLIP_LEN)
+
+        def forward(x):
+            return model(x)
+
+        def loss(outputs):
+            return torch_model.release_loss(outputs, labels)[0]
+    else:  # the release's backbone alone, on every frame
+        model = torch_model.ResNetBackbone(last_stride=1)
+
+        def forward(x):
+            return model(x.flatten(0, 1))
+
+        def loss(outputs):
+            return outputs.mean()
+
+    if kind == "eval":
+        model.eval()
+
+        def call():
+            with torch.no_grad():
+                forward(prepare())
+        return call
+
+    model.train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=3.5e-4, weight_decay=5e-4)
+
+    def call():
+        optimizer.zero_grad()
+        loss(forward(prepare())).backward()
+        optimizer.step()
+    return call
 
 
-def torch_forward_flops(model, frames) -> float:
-    """2 x multiply-adds of every Conv2d and Linear in one forward pass."""
+def torch_worker(conn, threads: int, model_name: str, kind: str, clips: int) -> None:
+    """Builds one baseline call, counts its FLOPs (one untimed call), sends ('ready',
+    GFLOP), then serves requests: (wall s, CPU s, GFLOP, this process's peak RSS GiB)."""
     import torch  # noqa: PLC0415
-
-    total = [0.0]
-
-    def count(module, inputs, output):
-        if isinstance(module, torch.nn.Conv2d):
-            kh, kw = module.kernel_size
-            total[0] += 2 * output.numel() * module.in_channels // module.groups * kh * kw
-        elif isinstance(module, torch.nn.Linear):
-            total[0] += 2 * output.numel() * module.in_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules()]
-    with torch.no_grad():
-        model(frames)
-    for hook in hooks:
-        hook.remove()
-    return total[0]
-
-
-def torch_worker(conn, threads: int) -> None:
-    """Serves ('eval' | 'train', clips) requests: (wall s, CPU s, GFLOP, peak RSS GiB)."""
-    import torch  # noqa: PLC0415
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = torch_resnet50_backbone()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3.5e-4, weight_decay=5e-4)
-    flops = {}
-    while (request := conn.recv()) is not None:
-        kind, clips = request
-        frames = torch.randn(clips * CLIP_LEN, 3, *IMAGE_SIZE)
-        model.train(kind == "train")
-        if request not in flops:
-            flops[request] = torch_forward_flops(model, frames) * (3 if kind == "train" else 1)
-        wall, cpu = time.perf_counter(), time.process_time()
-        if kind == "train":
-            optimizer.zero_grad()
-            model(frames).mean().backward()
-            optimizer.step()
-        else:
-            with torch.no_grad():
-                model(frames)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    call = torch_call(model_name, kind, clips)
+    with FlopCounterMode(display=False) as counter:
+        call()
+    gflop = counter.get_total_flops() / 1e9
+    conn.send(("ready", gflop))
+    while conn.recv() is not None:
+        wall, cpu = timed(call)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        conn.send((wall, cpu, flops[request] / 1e9, peak))
+        conn.send((wall, cpu, gflop, peak))
 
 
 class TorchBaseline:
-    """The PyTorch baseline in a child process (its threads never compete with XLA's)."""
+    """One PyTorch baseline measure (model, kind, clips) in its own child process: its
+    threads never compete with XLA's, and its peak RSS is that measure's alone."""
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, model_name: str, kind: str, clips: int):
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=torch_worker, args=(child, threads), daemon=True)
+        self._process = context.Process(
+            target=torch_worker, args=(child, threads, model_name, kind, clips), daemon=True)
         self._process.start()
+        _, self.gflop = self._conn.recv()  # built and counted: one child at a time
+        self.peak_gib = float("nan")
 
-    def run(self, kind: str, clips: int) -> tuple[float, float, float, float]:
-        self._conn.send((kind, clips))
-        return self._conn.recv()
+    def run(self) -> tuple[float, float, float, float]:
+        self._conn.send(True)
+        result = self._conn.recv()
+        self.peak_gib = result[3]
+        return result
 
     def close(self) -> None:
         self._conn.send(None)
@@ -228,7 +235,9 @@ def main() -> None:
     parser.add_argument("--eval_batches", default="1", help="comma-separated clip counts")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds")
     parser.add_argument("--skip_train", action="store_true")
-    parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch baseline")
+    parser.add_argument("--no_release", action="store_true",
+                        help="skip the release baseline (PyTorch PSTA)")
+    parser.add_argument("--no_torch", action="store_true", help="skip every PyTorch baseline")
     parser.add_argument("--dtype", default="float32", help="our compute dtype")
     parser.add_argument("--jaxlib_default_flags", action="store_true",
                         help="do not apply psta_jax.xla_cpu's flags")
@@ -247,17 +256,23 @@ def main() -> None:
     print(f"jax {jax.__version__} on {device.device_kind} ({device.platform}); {cores} usable "
           f"CPU cores, FP32 peak {peak:.0f} GFLOP/s ({peak_note}); "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()[0]:.1f}")
-    baseline = None if args.no_torch else TorchBaseline(threads=cores)
-    calls = build_ours([int(b) for b in args.eval_batches.split(",")], not args.skip_train,
-                       args.dtype)
+    measures = [("eval", int(b)) for b in args.eval_batches.split(",")]
+    if not args.skip_train:
+        measures.append(("train", TRAIN_IDENTITIES * TRAIN_INSTANCES))
+    baseline_names = [] if args.no_torch else [
+        name for name in BASELINES if not (name == "release" and args.no_release)]
+    # Started (built, FLOPs counted) one at a time, before our programs compile.
+    baselines = {(kind, clips, name): TorchBaseline(cores, name, kind, clips)
+                 for kind, clips in measures for name in baseline_names}
+    calls = build_ours([clips for kind, clips in measures if kind == "eval"],
+                       not args.skip_train, args.dtype)
 
     best: dict = {}
     for round_index in range(args.repeats + 1):  # round 0 warms up (compiles) and is dropped
         for (kind, clips), (call, ours_gflop) in calls.items():
             runs = [("ours", lambda call=call: timed(call), ours_gflop)]
-            if baseline is not None:
-                runs.append(("torch", lambda kind=kind, clips=clips: baseline.run(kind, clips),
-                             None))
+            runs += [(name, baselines[(kind, clips, name)].run, None)
+                     for name in baseline_names]
             for who, run, gflop in runs:
                 result = run()
                 wall, cpu = result[:2]
@@ -266,29 +281,34 @@ def main() -> None:
                 if round_index and (key not in best or wall < best[key][0]):
                     best[key] = (wall, cpu, gflop, os.getloadavg()[0])
     ours_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    torch_peak = baseline.run("eval", 1)[3] if baseline is not None else float("nan")
-    if baseline is not None:
+    for baseline in baselines.values():
         baseline.close()
 
-    print(f"{'measure':22s} {'who':6s} {'clips/s':>8s} {'s/call':>7s} {'ratio':>6s} "
-          f"{'GFLOP':>6s} {'GFLOP/s':>8s} {'%peak':>6s} {'cpu/wall':>8s} {'load':>5s}")
+    print(f"{'measure':18s} {'who':8s} {'clips/s':>8s} {'s/call':>7s} {'ours/it':>7s} "
+          f"{'GFLOP':>6s} {'GFLOP/s':>8s} {'%peak':>6s} {'cpu/wall':>8s} {'load':>5s} "
+          f"{'RSS GiB':>7s}")
+    rates: dict = {}
     for kind, clips in calls:
-        ours_rate = None
-        for who in ("ours", "torch"):
+        for who in ("ours", *baseline_names):
             if (kind, clips, who) not in best:
                 continue
             wall, cpu, gflop, load = best[(kind, clips, who)]
-            rate = clips / wall
-            ours_rate = rate if who == "ours" else ours_rate
-            ratio = f"{ours_rate / rate:5.2f}x" if who == "torch" else ""
-            print(f"{kind + f' ({clips} clips)':22s} {who:6s} {rate:8.3f} {wall:7.2f} "
-                  f"{ratio:>6s} {gflop:6.0f} {gflop / wall:8.1f} {100 * gflop / wall / peak:5.1f}%"
-                  f" {cpu / wall:8.2f} {load:5.1f}")
-    print(f"peak RSS: ours {ours_peak:.2f} GiB (this process: eval and train programs), "
-          f"torch {torch_peak:.2f} GiB")
-    print(f"ratio: our clips/s over the PyTorch baseline's in this run (> 1: faster). The "
-          f"release itself measured {RELEASE_EVAL_CLIPS_PER_S} eval / "
-          f"{RELEASE_TRAIN_CLIPS_PER_S} train clips/s on this machine at load < 1.")
+            rate = rates[(kind, clips, who)] = clips / wall
+            ratio = f"{rates[(kind, clips, 'ours')] / rate:6.2f}x" if who != "ours" else ""
+            rss = baselines[(kind, clips, who)].peak_gib if who != "ours" else ours_peak
+            print(f"{kind + f' ({clips} clips)':18s} {who:8s} {rate:8.3f} {wall:7.2f} "
+                  f"{ratio:>7s} {gflop:6.0f} {gflop / wall:8.1f} {100 * gflop / wall / peak:5.1f}%"
+                  f" {cpu / wall:8.2f} {load:5.1f} {rss:7.2f}")
+    for name in baseline_names:
+        pairs = [f"{kind} ({clips} clips) "
+                 f"{rates[(kind, clips, 'ours')] / rates[(kind, clips, name)]:.2f}x"
+                 for kind, clips in calls if (kind, clips, name) in rates]
+        headline = " (headline: the authors' release)" if name == "release" else ""
+        print(f"ours vs {name}{headline}: " + ", ".join(pairs))
+    print("ours/it: our clips/s over that row's in this run (> 1: ours is faster); 'release' "
+          "is the authors' PyTorch PSTA with its loss, 'backbone' its ResNet-50 alone.")
+    print("RSS GiB: peak RSS of the process: ours one process for all our programs "
+          "(compilation included), each PyTorch row its own child process.")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The train step exported for GPU and TPU keeps XLA's own convolution and max-pool gradients;
-models/conv.py's CPU workarounds (im2col matmuls, per-tap max-pool gradient) appear only in
-the program lowered for the CPU.
+models/conv.py's CPU workarounds (1x1 convolutions as matmuls, im2col gradients, per-tap
+max-pool gradient) appear only in the program lowered for the CPU.
 
 `jax.export` lowers for any platform from this CPU-only machine, so the StableHLO each
 accelerator would compile is checked here without one.
@@ -46,16 +46,26 @@ def exported_ops(platform: str, xla_flags: str) -> collections.Counter:
     return collections.Counter(re.findall(r"stablehlo\.([a-z_]+)", text))
 
 
-@pytest.fixture(scope="module")
-def forward_convolutions() -> int:
-    """Convolutions in the tiny model's train-mode forward pass."""
+def forward_convolutions(platform: str) -> int:
+    """Convolutions in the tiny model's train-mode forward pass lowered for `platform` (on
+    the CPU the 1x1 convolutions are matmuls)."""
     model = build_model(tiny_model_config(), NUM_CLASSES, nnx.Rngs(0))
     model.train()
     graphdef, state = nnx.split(model)
     clips = tiny_batch(num_ids=2, per_id=2)["clips"]
     forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).logits)
-    text = export.export(forward, platforms=("cpu",))(state, clips).mlir_module()
+    text = export.export(forward, platforms=(platform,))(state, clips).mlir_module()
     return len(re.findall(r"stablehlo\.convolution", text))
+
+
+@pytest.fixture(scope="module")
+def all_convolutions() -> int:
+    return forward_convolutions("cuda")
+
+
+@pytest.fixture(scope="module")
+def cpu_convolutions() -> int:
+    return forward_convolutions("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +81,13 @@ def _without_cases(ops: collections.Counter) -> collections.Counter:
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_accelerator_train_step_has_plain_gradient_convolutions(
-    platform, forward_convolutions, cpu_ops_with_ynn
+    platform, all_convolutions, cpu_convolutions, cpu_ops_with_ynn
 ):
+    assert 0 < cpu_convolutions < all_convolutions  # 1x1 convolutions are CPU matmuls only
     ops = exported_ops(platform, YNN_CONVOLUTIONS_ON)
     # Every convolution has its kernel gradient, and all but the stem (whose input, the
     # clips, is not differentiated) their input gradient: all as convolution ops.
-    assert ops["convolution"] == 3 * forward_convolutions - 1
+    assert ops["convolution"] == 3 * all_convolutions - 1
     assert ops["select_and_scatter"] == 1  # the stem max-pool's XLA gradient
     # No im2col: the only concatenations are the model's own, as in the CPU program
     # less its patches.
@@ -87,15 +98,15 @@ def test_accelerator_train_step_has_plain_gradient_convolutions(
 
 
 def test_cpu_train_step_with_ynn_convolutions_uses_the_workarounds(
-    forward_convolutions, cpu_ops_with_ynn
+    cpu_convolutions, cpu_ops_with_ynn
 ):
     ops = cpu_ops_with_ynn
     assert ops["select_and_scatter"] == 0
-    # Gradients as matmuls: only the forward convolutions and the stride-1 kxk input
+    # Gradients as matmuls: only the forward kxk convolutions and their stride-1 input
     # gradients stay convolutions.
-    assert forward_convolutions <= ops["convolution"] < 2 * forward_convolutions
+    assert cpu_convolutions <= ops["convolution"] < 2 * cpu_convolutions
     plain = exported_ops("cpu", YNN_CONVOLUTIONS_OFF)
-    assert plain["convolution"] == 3 * forward_convolutions - 1
+    assert plain["convolution"] == 3 * cpu_convolutions - 1
     assert plain["select_and_scatter"] == 0  # the max-pool gradient is ours on the CPU
     assert ops["concatenate"] > plain["concatenate"]  # the im2col patches
     assert ops["dot_general"] > plain["dot_general"]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax import export
 
 from psta_jax import xla_cpu
 from psta_jax.models import conv as conv_lib
@@ -25,7 +26,13 @@ def xla_conv(x, kernel, stride, padding):
 
 
 @pytest.mark.parametrize("kernel_size,stride,padding,height,width", CONV_CASES)
-def test_own_conv_gradients_match_autodiff(kernel_size, stride, padding, height, width):
+@pytest.mark.parametrize("xla_flags", ["", xla_cpu.CONVOLUTIONS_OUT_OF_YNN],
+                         ids=["ynn_convolutions", "xla_convolutions"])
+def test_conv2d_and_its_gradients_match_xla_autodiff(monkeypatch, xla_flags, kernel_size,
+                                                       stride, padding, height, width):
+    """On the CPU, in both settings conv2d reads at trace time: 1x1 matmuls, our im2col
+    gradients (YNN convolutions) or XLA's (convolutions out of YNN)."""
+    monkeypatch.setenv("XLA_FLAGS", xla_flags)
     keys = jax.random.split(jax.random.PRNGKey(kernel_size * 10 + stride), 3)
     x = jax.random.normal(keys[0], (2, height, width, 3))
     kernel = jax.random.normal(keys[1], (kernel_size, kernel_size, 3, 5))
@@ -33,11 +40,28 @@ def test_own_conv_gradients_match_autodiff(kernel_size, stride, padding, height,
     def loss(conv, x, kernel):
         return jnp.sum(jnp.sin(conv(x, kernel, stride, padding)))
 
-    ours = jax.grad(loss, argnums=(1, 2))(conv_lib._conv2d_own_gradients, x, kernel)
+    np.testing.assert_allclose(conv_lib.conv2d(x, kernel, stride, padding),
+                               xla_conv(x, kernel, stride, padding), rtol=1e-5, atol=1e-5)
+    ours = jax.grad(loss, argnums=(1, 2))(conv_lib.conv2d, x, kernel)
     expected = jax.grad(loss, argnums=(1, 2))(xla_conv, x, kernel)
     for got, want in zip(ours, expected, strict=True):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_conv_is_a_matmul_on_cpu_and_a_convolution_elsewhere(stride):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 4, 3))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 3, 5))
+    fn = jax.jit(jax.value_and_grad(
+        lambda x, k: jnp.sum(conv_lib.conv2d(x, k, stride) ** 2), (0, 1)))
+
+    def ops(platform):
+        text = export.export(fn, platforms=(platform,))(x, kernel).mlir_module()
+        return text.count("stablehlo.convolution"), text.count("stablehlo.dot_general")
+
+    assert ops("cpu") == (0, 3)  # forward, input and kernel gradients: matmuls
+    assert ops("cuda") == (3, 0)  # XLA's convolution and its two gradient convolutions
 
 
 def test_conv_module_matches_torch_and_keeps_nnx_variables():
