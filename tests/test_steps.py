@@ -115,9 +115,8 @@ def test_four_devices_equal_one_device():
     assert report["model_state"] < 1e-5, report
 
 
-@pytest.mark.parametrize("override", [{"remat": True}, {"dtype": "bfloat16"}])
-def test_remat_and_bfloat16_steps(setup, override):
-    """Rematerialised backbone blocks give the same step; bf16 compute keeps f32 parameters."""
+def _variant_step(setup, **override):
+    """One step of the setup's state and batch with a model built from `override`."""
     config, tx, mesh, _, state, step = setup
     batch = tiny_batch(num_ids=2, per_id=2)
     reference, ref_metrics = step(jax.tree.map(jnp.copy, state), sharding.shard_batch(batch, mesh))
@@ -125,11 +124,40 @@ def test_remat_and_bfloat16_steps(setup, override):
     graphs, variant_state = steps.create_train_state(model, tx, mesh)
     variant_step = steps.compile_train_step(graphs, tx, NUM_CLASSES, config.loss, mesh)
     new_state, metrics = variant_step(variant_state, sharding.shard_batch(batch, mesh))
+    return (reference, ref_metrics), (new_state, metrics)
+
+
+def test_remat_step_equals_plain_step(setup):
+    """Rematerialised backbone blocks give the same loss and new parameters."""
+    (reference, ref_metrics), (new_state, metrics) = _variant_step(setup, remat=True)
+    np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-5)
+    for x, y in zip(
+        jax.tree.leaves(reference.params), jax.tree.leaves(new_state.params), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_step_keeps_float32_parameters(setup):
+    """bf16 compute: float32 parameters, a finite step, the same cross-entropy.
+
+    The triplet term is not compared: a width-4 network's cosine distances are ~1e-3, so
+    its margin-dominated value moves by ~0.1 with bf16 rounding (train-mode BatchNorm over
+    4 clips amplifies it); embedding accuracy is checked in eval mode below."""
+    (_, ref_metrics), (new_state, metrics) = _variant_step(setup, dtype="bfloat16")
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
-    tolerance = 1e-5 if "remat" in override else 5e-2
-    np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=tolerance)
-    if "remat" in override:
-        for x, y in zip(
-            jax.tree.leaves(reference.params), jax.tree.leaves(new_state.params), strict=True
-        ):
-            np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
+    assert float(metrics["finite"]) == 1.0
+    np.testing.assert_allclose(float(metrics["ce"]), float(ref_metrics["ce"]), rtol=1e-2)
+
+
+def test_bfloat16_embeddings_match_float32():
+    """Eval-mode embeddings in bf16 compute: cosine >= 0.999 with float32's, per clip."""
+    clips = jnp.asarray(tiny_batch(num_ids=2, per_id=2)["clips"])
+    embeddings = {}
+    for dtype in ("float32", "bfloat16"):
+        model = build_model(tiny_model_config(dtype=dtype), NUM_CLASSES, nnx.Rngs(0))
+        model.eval()
+        embeddings[dtype] = np.asarray(nnx.jit(lambda m, x: m(x))(model, clips), np.float64)
+    a, b = embeddings["float32"], embeddings["bfloat16"]
+    assert a.shape == b.shape == (4, tiny_model_config().feature_dim)
+    cosine = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cosine.min() >= 0.999, cosine
