@@ -43,6 +43,7 @@ def random_batch(config, batch: int, seed: int = 0) -> dict:
             np.arange(batch // config.batch.instances), config.batch.instances
         ).astype(np.int32),
         "erase": np.zeros((batch, 4), np.int32),
+        "flip": np.arange(batch) % 2 == 0,
     }
 
 

@@ -10,12 +10,12 @@
   ``train_batch_plan`` gives the tracklets, their frame indices, the flip flags and the
   erasing rectangles. Restarting at step N therefore yields batch N again, and every process
   of a multi-host run computes the same global plan and keeps its contiguous slice of it.
-* tf.data only gathers and transforms: one parallel, order-preserving map element per frame
-  (no Python per frame) decodes, resizes, flips, normalises and erases it; each frame carries
-  its clip's flip flag and rectangle, then T frames regroup into a clip and clips into a batch.
+* tf.data only gathers and transforms: one parallel, order-preserving map element per clip
+  (no Python per clip) decodes and resizes its T frames, flips, normalises and erases the
+  clip; then clips regroup into a batch.
 * Normalised float clips are 4x the bytes of the decoded JPEGs; ``uint8_clips=True`` stops the
-  host after the flip and leaves normalisation and erasing to ``augment.finish_clips`` in the
-  jitted step (same result; measured host cost then close to decoding alone, see
+  host after resizing and leaves flip, normalisation and erasing to ``augment.finish_clips``
+  in the jitted step (same result; measured host cost then close to decoding alone, see
   benchmarks/input_pipeline.py).
 
 Training batches follow the release's ``RandomIdentitySampler``: an epoch visits every
@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from psta_jax import augment, datasets, distributed, sampling
-from psta_jax.augment import IMAGENET_MEAN, IMAGENET_STD, draw_erasing_boxes, frame_transform
+from psta_jax.augment import IMAGENET_MEAN, IMAGENET_STD, clip_transform, draw_erasing_boxes
 from psta_jax.datasets import preparation
 from psta_jax.errors import ConfigError
 
@@ -70,9 +70,9 @@ class ImageConfig:
     dtype: Any = "float32"  # anything tf.as_dtype accepts: "bfloat16", jnp.bfloat16, ...
     num_parallel_calls: int = AUTOTUNE
     prefetch: int = 2
-    # True: the host stops before normalisation; ``clips`` are uint8 (resized and flipped),
-    # training batches also carry ``erase`` (B, 4), and ``augment.finish_clips`` (jnp, in the
-    # jitted step) gives exactly the host path's clips. A quarter of the host work and transfer.
+    # True: the host stops after resizing; ``clips`` are uint8, training batches also carry
+    # ``flip`` (B,) and ``erase`` (B, 4), and ``augment.finish_clips`` (jnp, in the jitted
+    # step) gives exactly the host path's clips. A quarter of the host work and transfer.
     uint8_clips: bool = False
 
     @classmethod
@@ -282,31 +282,27 @@ def train_batch_plan(index: IdentityIndex, num_frames: np.ndarray, config: Train
 
 
 def _clip_dataset(plans: tf.data.Dataset, store: TrackletStore, config: ImageConfig,
-                  clips_per_batch: int, augment: bool, finish) -> tf.data.Dataset:
-    """Plans -> batches: ``finish(plan, clips (b, T, H, W, 3))`` gives each batch dict.
+                  clips_per_batch: int, augment: bool, keep: tuple[str, ...]) -> tf.data.Dataset:
+    """Plans -> batches {'clips' (b, T, H, W, 3), and the plan's ``keep`` entries}.
 
-    A plan holds 'frame_ids' (b, T) rows of store.frames, 'flip' (b,) and 'erase' (b, 4).
-    Every frame is one element of a parallel, order-preserving map that does all the
-    per-pixel work (decode, resize, flip, normalise, erase), then frames regroup into clips.
+    A plan holds per-clip rows: 'frame_ids' (b, T) rows of store.frames, 'flip' (b,),
+    'erase' (b, 4) and the ``keep`` entries. Every clip is one element of a parallel,
+    order-preserving map that does all the per-pixel work (decode and resize each frame;
+    flip, normalise, erase the clip) and carries its plan row along, then clips regroup into
+    batches (no zip of plans with images: that costs ~8% of the pipeline's CPU time).
     """
     frames = store.frames
-    transform = frame_transform(config, augment)
-    seq_len, size = config.seq_len, tuple(config.image_size)
+    transform = clip_transform(config, augment)
 
-    def per_frame(plan):
-        return tf.data.Dataset.from_tensor_slices((
-            tf.reshape(plan["frame_ids"], [-1]),
-            tf.repeat(plan["flip"], seq_len),
-            tf.repeat(plan["erase"], seq_len, axis=0)))
+    def clip(row):
+        clips = transform(tf.gather(frames, row["frame_ids"]), row["flip"], row["erase"])
+        return {"clips": clips, **{k: row[k] for k in keep}}
 
-    images = (
-        plans.flat_map(per_frame)
-        .map(lambda i, flip, erase: transform(tf.gather(frames, i), flip, erase),
-             num_parallel_calls=config.num_parallel_calls, deterministic=True)
-        .batch(clips_per_batch * seq_len, drop_remainder=True)
-        .map(lambda x: tf.reshape(x, [clips_per_batch, seq_len, *size, 3]))
+    batches = (
+        plans.flat_map(tf.data.Dataset.from_tensor_slices)
+        .map(clip, num_parallel_calls=config.num_parallel_calls, deterministic=True)
+        .batch(clips_per_batch, drop_remainder=True)
     )
-    batches = tf.data.Dataset.zip(plans, images).map(finish)
     options = tf.data.Options()
     options.deterministic = True
     options.threading.max_intra_op_parallelism = 1
@@ -378,14 +374,10 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
                     for (k, (shape, _)), v in zip(signature.items(), values, strict=True)}
 
         plans = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(plan_of_step)
-
-        def finish(plan, clips):
-            batch = dict(clips=clips, labels=plan["labels"], camids=plan["camids"])
-            if self.config.uint8_clips:
-                batch["erase"] = plan["erase"]
-            return batch
-
-        return _clip_dataset(plans, self.store, self.config, b, True, finish)
+        keep = ("labels", "camids")
+        if self.config.uint8_clips:  # augment.finish_clips flips and erases on the device
+            keep += ("flip", "erase")
+        return _clip_dataset(plans, self.store, self.config, b, True, keep)
 
     def __next__(self) -> dict[str, np.ndarray]:
         if self._iterator is None:
@@ -465,13 +457,8 @@ class EvalIterable:
 
     def _dataset(self) -> tf.data.Dataset:
         plans = tf.data.Dataset.from_tensor_slices(self._plans)
-
-        def finish(plan, clips):
-            return dict(clips=clips, tracklet_ids=plan["tracklet_ids"], pids=plan["pids"],
-                        camids=plan["camids"], mask=plan["mask"])
-
-        return _clip_dataset(plans, self.store, self.config, self.local_batch_size, False,
-                             finish)
+        keep = ("tracklet_ids", "pids", "camids", "mask")
+        return _clip_dataset(plans, self.store, self.config, self.local_batch_size, False, keep)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self._dataset().as_numpy_iterator()
@@ -639,7 +626,7 @@ class TrainData:
 
 
 def prepare_train_clips(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]:
-    """Device-side normalisation and erasing of the training pipeline's uint8 clips (a
+    """Device-side flip, normalisation and erasing of the training pipeline's uint8 clips (a
     `steps.PrepareClips`)."""
     return functools.partial(augment.finish_clips, config=train_pipeline_config(config))
 

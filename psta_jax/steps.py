@@ -29,7 +29,8 @@ from psta_jax.models.psta import PSTA
 from psta_jax.sharding import data_sharded, replicated
 
 # (clips (B, T, H, W, 3) uint8, erase (B, 4) int32 or None) -> normalised clips, on device.
-PrepareClips = Callable[[jax.Array, jax.Array | None], jax.Array]
+# (clips, erase or None, flip or None) -> model input; see augment.finish_clips.
+PrepareClips = Callable[[jax.Array, jax.Array | None, jax.Array | None], jax.Array]
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -86,8 +87,9 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step on a global batch {'clips' (B,T,H,W,3), 'labels' (B,)}.
 
-    With `prepare_clips`, batches carry uint8 clips (and 'erase' rectangles) that it turns
-    into normalised, erased clips on the device (augment.finish_clips).
+    With `prepare_clips`, batches carry uint8 clips (and 'flip' flags and 'erase'
+    rectangles) that it turns into flipped, normalised, erased clips on the device
+    (augment.finish_clips).
 
     When the loss is not finite the returned state equals the input state (the host raises
     NonFiniteLossError on seeing metrics['finite'] == 0), so no NaN ever reaches a checkpoint.
@@ -151,7 +153,7 @@ def embed(
 def _prepared(batch: Mapping[str, jax.Array], prepare_clips: PrepareClips | None) -> jax.Array:
     if prepare_clips is None:
         return batch["clips"]
-    return prepare_clips(batch["clips"], batch.get("erase"))
+    return prepare_clips(batch["clips"], batch.get("erase"), batch.get("flip"))
 
 
 def compile_train_step(

@@ -226,6 +226,22 @@ def test_resize_tracks_pil(method, pil, size):
     np.testing.assert_array_equal(same, source)
 
 
+def test_clip_of_mixed_frame_sizes_resizes_each_frame_alone():
+    """A clip whose frames differ in size takes the resizing branch; each frame comes out as
+    it would alone (frames already at the target size untouched)."""
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, shape, dtype=np.uint8)
+              for shape in ((32, 16, 3), (40, 20, 3), (16, 8, 3))]
+    encoded = tf.stack([tf.io.encode_png(f) for f in frames])
+    clip = augment.decode_resize_clip(encoded, 3, (32, 16), "bicubic", True).numpy()
+    assert clip.shape == (3, 32, 16, 3) and clip.dtype == np.uint8
+    np.testing.assert_array_equal(clip[0], frames[0])
+    for t in (1, 2):
+        alone = augment.decode_resize(encoded[t], (32, 16), "bicubic", True).numpy()
+        np.testing.assert_array_equal(clip[t], alone)
+        assert not np.array_equal(alone, np.zeros_like(alone))
+
+
 @pytest.mark.parametrize("sampler", ["rrs", "begin_interval", "dense"])
 def test_eval_sees_every_tracklet_once(index_store, sampler):
     config = ip.EvalPipelineConfig(sampler=sampler, seq_len=T, image_size=SIZE, normalize=False)
@@ -295,7 +311,9 @@ def test_uint8_clips_finished_on_device_match_the_host_path(index_store):
     config = _config(**base, uint8_clips=True)
     deferred = next(ip.create_train_iterator(index_store, config, seed=4))
     assert deferred["clips"].dtype == np.uint8 and deferred["erase"].shape == (4, 4)
-    finished = np.asarray(augment.finish_clips(deferred["clips"], deferred["erase"], config))
+    assert 0 < deferred["flip"].sum() < 4, "the seed should flip some clips and not others"
+    finished = np.asarray(augment.finish_clips(deferred["clips"], deferred["erase"], config,
+                                               deferred["flip"]))
     np.testing.assert_allclose(finished, host["clips"], atol=1e-6)
     np.testing.assert_array_equal(deferred["labels"], host["labels"])
     eval_config = ip.EvalPipelineConfig(seq_len=T, image_size=(16, 8))
