@@ -108,7 +108,7 @@ def normalization(config: ImageConfig) -> tuple[np.ndarray, np.ndarray]:
     return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
 
 
-def finish_clips(clips, erase, config: ImageConfig, flip=None):
+def finish_clips(clips, erase=None, flip=None, *, config: ImageConfig):
     """The host path's last steps for ``uint8_clips`` batches, in jax.numpy (jit-friendly).
 
     clips (B, T, H, W, 3) uint8, erase (B, 4) int32 (top, left, h, w; h = 0: none) or None,

@@ -312,8 +312,8 @@ def test_uint8_clips_finished_on_device_match_the_host_path(index_store):
     deferred = next(ip.create_train_iterator(index_store, config, seed=4))
     assert deferred["clips"].dtype == np.uint8 and deferred["erase"].shape == (4, 4)
     assert 0 < deferred["flip"].sum() < 4, "the seed should flip some clips and not others"
-    finished = np.asarray(augment.finish_clips(deferred["clips"], deferred["erase"], config,
-                                               deferred["flip"]))
+    finished = np.asarray(augment.finish_clips(deferred["clips"], deferred["erase"],
+                                               deferred["flip"], config=config))
     np.testing.assert_allclose(finished, host["clips"], atol=1e-6)
     np.testing.assert_array_equal(deferred["labels"], host["labels"])
     eval_config = ip.EvalPipelineConfig(seq_len=T, image_size=(16, 8))
@@ -321,6 +321,6 @@ def test_uint8_clips_finished_on_device_match_the_host_path(index_store):
     deferred_config = ip.EvalPipelineConfig(seq_len=T, image_size=(16, 8), uint8_clips=True)
     deferred_eval = next(iter(ip.create_eval_iterator(index_store, deferred_config,
                                                       batch_size=4)))
-    np.testing.assert_allclose(np.asarray(augment.finish_clips(deferred_eval["clips"], None,
-                                                          deferred_config)),
+    np.testing.assert_allclose(np.asarray(augment.finish_clips(deferred_eval["clips"],
+                                                          config=deferred_config)),
                                host_eval["clips"], atol=1e-6)
