@@ -217,7 +217,7 @@ def build_ours(eval_batches: list[int], train: bool, dtype: str):
             jax.block_until_ready(metrics)
 
         calls[("train", TRAIN_IDENTITIES * TRAIN_INSTANCES)] = (train_call, flops / 1e9)
-    xla_cpu.release_freed_host_memory()  # as psta_jax.train does after compiling
+    xla_cpu.release_compilation_memory()  # as psta_jax.train does after compiling
     return calls
 
 

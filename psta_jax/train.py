@@ -106,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # Compile before the first collective, then line the processes up (see barrier).
         first_batch = next(batches)
         train_step = train_step.lower(state, first_batch).compile()
-        xla_cpu.release_freed_host_memory()  # ~1 GB the compiler freed, before the steps
+        xla_cpu.release_compilation_memory()  # ~1 GB the compiler freed, before the steps
         distributed.barrier("train_step_compiled")
         batches = itertools.chain([first_batch], batches)
     pending: list[dict] = []

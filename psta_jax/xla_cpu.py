@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import glob
 import importlib.metadata
 import importlib.util
@@ -116,12 +117,18 @@ def ynn_convolutions_enabled() -> bool:
     return "individual_convolution" in items  # an explicit list (empty: YNN off)
 
 
-def release_freed_host_memory() -> bool:
-    """Hands the heap memory that glibc keeps after an XLA compilation back to the OS
-    (`malloc_trim(0)`); call it after compiling a large program. XLA's compiler frees
-    about 1 GB after the full train step, which glibc would otherwise keep in its arenas,
-    so the process peaks that much higher while the step runs. Returns whether memory was
-    released (False where libc has no malloc_trim)."""
+def release_compilation_memory() -> bool:
+    """Frees what compiling left behind, before a compiled program runs: JAX's tracing and
+    lowering caches (jitted functions compile again on their next call; AOT-compiled
+    executables that callers hold stay valid), then the heap memory glibc keeps
+    (`malloc_trim(0)`). XLA's compiler frees about 1 GB after the full train step, which
+    glibc would otherwise keep in its arenas; the caches hold another ~0.15 GB. Together
+    the train step's peak RSS drops by that much. Returns whether glibc released memory
+    (False where libc has no malloc_trim)."""
+    import jax  # noqa: PLC0415 (this module is imported before JAX starts)
+
+    jax.clear_caches()
+    gc.collect()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.malloc_trim(0))

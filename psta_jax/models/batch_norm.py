@@ -20,6 +20,7 @@ this closed form, so the result equals the release's sequential updates up to ro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import chex
@@ -95,18 +96,68 @@ def running_update(running: jax.Array, calls: jax.Array,
     return updated.astype(running.dtype)
 
 
-def batch_statistics(x: jax.Array, group_axes: Sequence[int]
-                     ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Training-mode statistics of x: (mean, var) to normalise with (kept dims) and the
-    per-call (k, C) mean and unbiased variance that move the running statistics."""
+def batch_normalize(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                    group_axes: Sequence[int] = (), epsilon: float = BN_EPSILON
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Training-mode BatchNorm of x (..., C) with its own statistics: (y, mean, var).
+
+    y (..., C) in statistics_dtype(x.dtype); mean and biased var (kept dims, see
+    grouped_moments) to move the running statistics. Its gradient is PyTorch's closed form,
+    which needs only x (in x's dtype) and the (1, .., C) statistics: autodiff of the
+    two-pass moments would keep x - mean, a second copy of every BatchNorm input, for the
+    backward pass.
+    """
     n = group_size(x, group_axes)
     if n < 2:
         raise ValueError(f"BatchNorm in training mode needs more than one value per channel "
                          f"and group (as PyTorch); got input shape {x.shape} with "
                          f"group_axes {tuple(group_axes)}")
+    return _batch_normalize(x, scale, bias, tuple(group_axes), epsilon)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _batch_normalize(x, scale, bias, group_axes, epsilon):
     mean, var = grouped_moments(x, group_axes)
-    unbiased = var * (n / (n - 1))
-    return mean, var, calls_in_order(mean, group_axes), calls_in_order(unbiased, group_axes)
+    return normalize(x.astype(mean.dtype), mean, var, scale, bias, epsilon), mean, var
+
+
+def _batch_normalize_fwd(x, scale, bias, group_axes, epsilon):
+    y, mean, var = _batch_normalize(x, scale, bias, group_axes, epsilon)
+    return (y, mean, var), (x, mean, var, scale)
+
+
+def _batch_normalize_bwd(group_axes, epsilon, residuals, cotangents):
+    x, mean, var, scale = residuals
+    grad_y, grad_mean, grad_var = cotangents
+    keep = set(_normalised_axes(x, group_axes)) | {x.ndim - 1}
+    pooled = tuple(a for a in range(x.ndim) if a not in keep)
+    n = group_size(x, group_axes)
+    inv_std = jax.lax.rsqrt(var + epsilon)
+    centered = x.astype(mean.dtype) - mean
+    x_hat = centered * inv_std
+    grad_y = grad_y.astype(mean.dtype)
+    # Per group: sum(dy) and sum(dy * x_hat) (one pass over dy and x); scale and bias are
+    # shared by the groups, so their gradients add the groups' sums up.
+    sum_grad = jnp.sum(grad_y, pooled, keepdims=True)
+    sum_grad_x_hat = jnp.sum(grad_y * x_hat, pooled, keepdims=True)
+    grad_bias = sum_grad.reshape(-1, x.shape[-1]).sum(0)
+    grad_scale = sum_grad_x_hat.reshape(-1, x.shape[-1]).sum(0)
+    grad_x = (scale * inv_std) * (grad_y - sum_grad / n - x_hat * (sum_grad_x_hat / n))
+    # The statistics are outputs too (zero cotangents when only the running statistics,
+    # behind stop_gradient, use them): d mean / dx = 1 / n, d var / dx = 2 (x - mean) / n.
+    grad_x = grad_x + grad_mean / n + grad_var * (2 / n) * centered
+    return grad_x.astype(x.dtype), grad_scale.astype(scale.dtype), grad_bias.astype(scale.dtype)
+
+
+_batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
+
+
+def running_statistics_calls(mean: jax.Array, var: jax.Array, n: int,
+                             group_axes: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """Kept-dims (mean, biased var) of n values per group -> per-call (k, C) mean and
+    unbiased variance (what moves the running statistics), without gradient."""
+    mean, var = jax.lax.stop_gradient((mean, var))
+    return calls_in_order(mean, group_axes), calls_in_order(var * (n / (n - 1)), group_axes)
 
 
 class BatchNorm(nnx.Module):
@@ -134,12 +185,14 @@ class BatchNorm(nnx.Module):
     def __call__(self, x: jax.Array, group_axes: Sequence[int] = ()) -> jax.Array:
         chex.assert_axis_dimension(x, -1, self.num_features)
         compute = statistics_dtype(x.dtype)
+        scale, bias = self.scale[...].astype(compute), self.bias[...].astype(compute)
         if self.use_running_average:
             mean, var = self.mean[...].astype(compute), self.var[...].astype(compute)
+            y = normalize(x.astype(compute), mean, var, scale, bias)
         else:
-            mean, var, call_means, call_vars = batch_statistics(x, group_axes)
-            self.mean[...] = jax.lax.stop_gradient(running_update(self.mean[...], call_means))
-            self.var[...] = jax.lax.stop_gradient(running_update(self.var[...], call_vars))
-        y = normalize(x.astype(compute), mean, var, self.scale[...].astype(compute),
-                      self.bias[...].astype(compute))
+            y, mean, var = batch_normalize(x, scale, bias, group_axes)
+            call_means, call_vars = running_statistics_calls(
+                mean, var, group_size(x, group_axes), group_axes)
+            self.mean[...] = running_update(self.mean[...], call_means)
+            self.var[...] = running_update(self.var[...], call_vars)
         return y.astype(self.dtype or x.dtype)

@@ -78,16 +78,15 @@ class BNNeck(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         chex.assert_shape(x, (None, self.num_features))
         x = x.astype(jnp.promote_types(x.dtype, self.scale[...].dtype))
+        scale, bias = self.scale[...].astype(x.dtype), self.bias[...].astype(x.dtype)
         if self.use_running_average:
             mean, var = self.mean[...].astype(x.dtype), self.var[...].astype(x.dtype)
-        else:
-            mean, var, call_means, call_vars = bn_lib.batch_statistics(x, ())
-            self.mean[...] = jax.lax.stop_gradient(
-                bn_lib.running_update(self.mean[...], call_means))
-            self.var[...] = jax.lax.stop_gradient(
-                bn_lib.running_update(self.var[...], call_vars))
-        return bn_lib.normalize(x, mean, var, self.scale[...].astype(x.dtype),
-                                self.bias[...].astype(x.dtype))
+            return bn_lib.normalize(x, mean, var, scale, bias)
+        y, mean, var = bn_lib.batch_normalize(x, scale, bias)
+        call_means, call_vars = bn_lib.running_statistics_calls(mean, var, x.shape[0], ())
+        self.mean[...] = bn_lib.running_update(self.mean[...], call_means)
+        self.var[...] = bn_lib.running_update(self.var[...], call_vars)
+        return y
 
 
 def _check_power_of_two(seq_len: int, what: str) -> int:
