@@ -1,7 +1,7 @@
 """Config -> batches: P x K identity batches for training, every tracklet once for eval.
 
 `open_dataset(config)` loads the dataset's splits into host memory, `TrainData` and
-`eval_iterator` turn a split and the config into batch iterators; the per-frame image work
+`eval_iterator` turn a split and the config into batch iterators; the per-clip image work
 (decode, resize, flip, normalise, erase) is `psta_jax.augment`. Design (docs/design.md, Data):
 
 * A split's encoded frames are loaded once into host memory (``TrackletStore``: one flat
