@@ -157,22 +157,15 @@ def train_outputs(train_reference):
             {name: value.numpy() for name, value in model.state_dict().items()})
 
 
-@pytest.mark.parametrize("key", TRAIN_KEYS)
-def test_train_outputs_match_release(key, train_outputs, train_reference):
+@pytest.mark.parametrize("key,tolerance", [(key, F32_RTOL) for key in TRAIN_KEYS]
+                         + [(key, F32_LOSS_RTOL) for key in LOSS_KEYS])
+def test_train_outputs_and_losses_match_release(key, tolerance, train_outputs,
+                                                train_reference):
     outputs, _ = train_outputs
     error = relative_error(outputs[key], train_reference[key])
     print(f"{key}: max abs {np.max(np.abs(outputs[key] - train_reference[key])):.1e}, "
           f"relative {error:.1e}")
-    assert error < F32_RTOL
-
-
-@pytest.mark.parametrize("key", LOSS_KEYS)
-def test_train_losses_match_release(key, train_outputs, train_reference):
-    outputs, _ = train_outputs
-    error = relative_error(outputs[key], train_reference[key])
-    print(f"{key}: {float(outputs[key]):.7f} vs {float(train_reference[key]):.7f}, "
-          f"relative {error:.1e}")
-    assert error < F32_LOSS_RTOL
+    assert error < tolerance
 
 
 def test_every_running_statistic_matches_release(train_outputs, train_reference):
