@@ -62,12 +62,6 @@ def draw_erasing_boxes(rng: np.random.Generator, count: int, height: int, width:
     return np.stack([top, left, h, w], axis=1).astype(np.int32)
 
 
-def decode_resize(encoded: tf.Tensor, size: tuple[int, int], method: str,
-                  antialias: bool) -> tf.Tensor:
-    """One encoded JPEG/PNG -> (H, W, 3) uint8, resized and rounded as PIL's uint8 output."""
-    return decode_resize_clip(encoded[None], 1, size, method, antialias)[0]
-
-
 def decode_resize_clip(encoded: tf.Tensor, seq_len: int, size: tuple[int, int], method: str,
                        antialias: bool) -> tf.Tensor:
     """(T,) encoded JPEG/PNG frames -> (T, H, W, 3) uint8, each resized to ``size`` and

@@ -28,7 +28,6 @@ from psta_jax.errors import UserError
 from psta_jax.models.psta import PSTA
 from psta_jax.sharding import data_sharded, replicated
 
-# (clips (B, T, H, W, 3) uint8, erase (B, 4) int32 or None) -> normalised clips, on device.
 # (clips, erase or None, flip or None) -> model input; see augment.finish_clips.
 PrepareClips = Callable[[jax.Array, jax.Array | None, jax.Array | None], jax.Array]
 
