@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from psta_jax import clip_preparation
 from psta_jax import input_pipeline as ip
 
 FLAGS = flags.FLAGS
@@ -111,7 +112,7 @@ def main(argv):
     source_size = tuple(int(v) for v in FLAGS.source_size)
     image_size = tuple(int(v) for v in FLAGS.image_size)
     store, jpeg_bytes = synthetic_split(source_size)
-    config = ip.TrainPipelineConfig(
+    config = clip_preparation.TrainPipelineConfig(
         identities_per_batch=FLAGS.identities, instances_per_identity=FLAGS.instances,
         seq_len=FLAGS.seq_len, image_size=image_size, sampler=FLAGS.sampler,
         num_parallel_calls=FLAGS.num_parallel_calls, dtype=FLAGS.dtype)

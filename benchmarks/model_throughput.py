@@ -1,14 +1,15 @@
 """PSTA model speed on this machine beside the authors' PyTorch release, timed in the same run.
 
     python benchmarks/model_throughput.py [--eval_batches=1] [--repeats=3] [--skip_train]
-        [--no_release] [--no_torch] [--dtype=float32] [--jaxlib_default_flags]
-        [--xla_flags='--xla_...']
+        [--train_identities=P --train_instances=K] [--baselines=release,backbone]
+        [--dtypes=float32,bfloat16] [--jaxlib_default_flags] [--xla_flags='--xla_...']
 
 Ours: the default PSTA (ResNet-50, last stride 1, three STAM stages, 625 classes) at
 256x128, T=8, random weights, as psta_jax.main runs it: eval = the jitted embedding of
-uint8 clips (`steps.compile_embed`), train = one jitted step on P=2 x K=2 clips
-(`steps.compile_train_step`: forward in train mode, the release's loss, gradients,
-coupled Adam, BatchNorm statistics).
+uint8 clips (`steps.compile_embed`), train = one jitted step on P x K clips (P=2 x K=2 on
+the CPU, the paper's P=8 x K=4 on an accelerator; `steps.compile_train_step`: forward in
+train mode, the release's loss, gradients, coupled Adam, BatchNorm statistics), in each
+compute dtype of --dtypes (parameters stay float32).
 
 Baselines, in PyTorch with as many threads as this process may use, on uint8 clips
 (B, T, 3, H, W) turned into ImageNet-normalised floats inside the timed call:
@@ -20,8 +21,10 @@ Baselines, in PyTorch with as many threads as this process may use, on uint8 cli
 - backbone: the release's ResNet-50 backbone alone on all the clips' frames: eval = its
   forward, train = forward + backward of the maps' mean + the same Adam. A lower bound
   for any PSTA on this backbone.
-Each baseline measure (model x eval/train x batch) runs in its own child process, so its
-threads never compete with XLA's and its peak RSS is its own. Ours and the baselines are
+The baselines always compute in float32, on the CPU or, when JAX runs on a GPU, on that GPU
+through CUDA (cuDNN autotuning on, as for training). Each baseline measure (model x
+eval/train x batch) runs in its own child process, so its threads never compete with XLA's
+and its peak memory is its own. Ours and the baselines are
 measured interleaved (ours, release, backbone, ours, ...), best of --repeats each, so
 their ratios hold when a shared machine's speed drifts; the load average is printed
 beside each row.
@@ -29,8 +32,10 @@ beside each row.
 GFLOP/s: ours from XLA's cost analysis of the compiled program (every op), the
 baselines from torch.utils.flop_counter.FlopCounterMode over one call (convolutions,
 their backward, matmuls incl. the relation maps' bmm; train: the real forward +
-backward). Peak: cores x 2 FMA units x vector lanes x 2 flops x the clock
-/proc/cpuinfo reports.
+backward). CPU peak: cores x 2 FMA units x vector lanes x 2 flops x the clock
+/proc/cpuinfo reports. Peak memory: on the CPU each process's peak RSS; on a GPU the
+device's peak bytes in use (ours: JAX's `memory_stats()` over all our programs; the
+baselines: `torch.cuda.max_memory_allocated()`).
 """
 
 from __future__ import annotations
@@ -45,7 +50,6 @@ import time
 from psta_jax import xla_cpu
 
 CLIP_LEN, IMAGE_SIZE, NUM_CLASSES = 8, (256, 128), 625
-TRAIN_IDENTITIES, TRAIN_INSTANCES = 2, 2
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BASELINES = ("release", "backbone")
 
@@ -75,23 +79,24 @@ def cpu_peak_gflops(cores: int) -> tuple[float, str]:
 # ----------------------------------------------------------------------------- PyTorch
 
 
-def torch_call(model_name: str, kind: str, clips: int):
-    """One measured call of a PyTorch baseline, on fixed random uint8 clips (B, T, 3, H, W)
-    that it turns into ImageNet-normalised floats, as our programs do on device."""
+def torch_call(model_name: str, kind: str, clips: int, instances: int, device: str):
+    """One measured call of a PyTorch baseline on `device`, on fixed random uint8 clips
+    (B, T, 3, H, W) that it turns into ImageNet-normalised floats, as our programs do on
+    device; train batches hold B / `instances` identities."""
     import torch  # noqa: PLC0415 (optional dependency, child processes only)
 
     from psta_jax.interop import torch_model  # noqa: PLC0415 (imports torch)
 
     generator = torch.Generator().manual_seed(0)
     uint8_clips = torch.randint(0, 256, (clips, CLIP_LEN, 3, *IMAGE_SIZE), dtype=torch.uint8,
-                                generator=generator)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+                                generator=generator).to(device)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
 
     def prepare():
         return (uint8_clips.float() / 255.0 - mean) / std
 
-    labels = torch.arange(clips // TRAIN_INSTANCES).repeat_interleave(TRAIN_INSTANCES)
+    labels = torch.arange(clips // instances, device=device).repeat_interleave(instances)
     if model_name == "release":
         model = torch_model.release_model(NUM_CLASSES, image_size=IMAGE_SIZE, seq_len=CLIP_LEN)
 
@@ -109,12 +114,15 @@ def torch_call(model_name: str, kind: str, clips: int):
         def loss(outputs):
             return outputs.mean()
 
+    model.to(device)
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
     if kind == "eval":
         model.eval()
 
         def call():
             with torch.no_grad():
                 forward(prepare())
+            synchronize()
         return call
 
     model.train()
@@ -125,25 +133,32 @@ def torch_call(model_name: str, kind: str, clips: int):
         optimizer.zero_grad()
         loss(forward(prepare())).backward()
         optimizer.step()
+        synchronize()
     return call
 
 
-def torch_worker(conn, threads: int, model_name: str, kind: str, clips: int) -> None:
+def torch_worker(conn, threads: int, model_name: str, kind: str, clips: int, instances: int,
+                 device: str) -> None:
     """Builds one baseline call, counts its FLOPs (one untimed call), sends ('ready',
-    GFLOP), then serves requests: (wall s, CPU s, GFLOP, this process's peak RSS GiB)."""
+    GFLOP), then serves requests: (wall s, CPU s, GFLOP, peak memory GiB: this process's
+    peak RSS on the CPU, the GPU's peak allocated bytes on CUDA)."""
     import torch  # noqa: PLC0415
     from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
 
     torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    call = torch_call(model_name, kind, clips)
+    call = torch_call(model_name, kind, clips, instances, device)
     with FlopCounterMode(display=False) as counter:
         call()
     gflop = counter.get_total_flops() / 1e9
     conn.send(("ready", gflop))
     while conn.recv() is not None:
         wall, cpu = timed(call)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        if device.startswith("cuda"):
+            peak = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         conn.send((wall, cpu, gflop, peak))
 
 
@@ -151,11 +166,13 @@ class TorchBaseline:
     """One PyTorch baseline measure (model, kind, clips) in its own child process: its
     threads never compete with XLA's, and its peak RSS is that measure's alone."""
 
-    def __init__(self, threads: int, model_name: str, kind: str, clips: int):
+    def __init__(self, threads: int, model_name: str, kind: str, clips: int, instances: int,
+                 device: str):
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(
-            target=torch_worker, args=(child, threads, model_name, kind, clips), daemon=True)
+            target=torch_worker, args=(child, threads, model_name, kind, clips, instances, device),
+            daemon=True)
         self._process.start()
         _, self.gflop = self._conn.recv()  # built and counted: one child at a time
         self.peak_gib = float("nan")
@@ -174,28 +191,34 @@ class TorchBaseline:
 # ----------------------------------------------------------------------------- ours
 
 
-def build_ours(eval_batches: list[int], train: bool, dtype: str):
-    """{measure: (call, GFLOP per call)} for our eval and train programs."""
+def ours_name(dtype: str) -> str:
+    """Our rows' label: 'ours' in float32, 'ours-bf16' in bfloat16, ..."""
+    return "ours" if dtype == "float32" else "ours-" + dtype.replace("bfloat", "bf").replace(
+        "float", "f")
+
+
+def build_ours(eval_batches: list[int], train: tuple[int, int] | None, dtype: str) -> dict:
+    """{(kind, clips): (call, GFLOP per call)} for our eval programs (one per batch) and,
+    with `train` = (P, K), the train step, computing in `dtype`."""
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
 
-    from psta_jax import config_base, input_pipeline, sharding, steps  # noqa: PLC0415
+    from psta_jax import clip_preparation, config_base, sharding, steps  # noqa: PLC0415
     from psta_jax.models import build_model  # noqa: PLC0415
     from psta_jax.testing import random_model  # noqa: PLC0415
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from train_step import build_train_step  # noqa: PLC0415 (sibling benchmark)
 
-    config = config_base.dataset_config("mars", None)
+    config = config_base.base_config()  # the model and recipe; no dataset (nor TFDS) needed
     config.model.dtype = dtype
-    config.batch.update(identities=TRAIN_IDENTITIES, instances=TRAIN_INSTANCES)
     mesh = sharding.make_mesh()
     calls = {}
 
     model = random_model(lambda: build_model(config.model, NUM_CLASSES, nnx.Rngs(0)))
     graphs, params, model_state = steps.split_model(model)
-    embed = steps.compile_embed(graphs, mesh, input_pipeline.prepare_eval_clips(config))
+    embed = steps.compile_embed(graphs, mesh, clip_preparation.prepare_eval_clips(config))
     rng = np.random.default_rng(0)
     for batch in eval_batches:
         clips = sharding.shard_batch(
@@ -207,6 +230,7 @@ def build_ours(eval_batches: list[int], train: bool, dtype: str):
             compiled.cost_analysis()["flops"] / 1e9,
         )
     if train:
+        config.batch.update(identities=train[0], instances=train[1])
         step, state, batch = build_train_step(config, dtype)
         step = step.lower(state, batch).compile()
         flops = step.cost_analysis()["flops"]
@@ -216,9 +240,17 @@ def build_ours(eval_batches: list[int], train: bool, dtype: str):
             carry[0], metrics = step(carry[0], batch)
             jax.block_until_ready(metrics)
 
-        calls[("train", TRAIN_IDENTITIES * TRAIN_INSTANCES)] = (train_call, flops / 1e9)
+        calls[("train", train[0] * train[1])] = (train_call, flops / 1e9)
     xla_cpu.release_compilation_memory()  # as psta_jax.train does after compiling
     return calls
+
+
+def device_peak_gib() -> float:
+    """The JAX device's peak bytes in use (GiB), NaN where it keeps no such count (CPU)."""
+    import jax  # noqa: PLC0415
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use", float("nan")) / 2**30
 
 
 def timed(call) -> tuple[float, float]:
@@ -235,10 +267,15 @@ def main() -> None:
     parser.add_argument("--eval_batches", default="1", help="comma-separated clip counts")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds")
     parser.add_argument("--skip_train", action="store_true")
-    parser.add_argument("--no_release", action="store_true",
-                        help="skip the release baseline (PyTorch PSTA)")
-    parser.add_argument("--no_torch", action="store_true", help="skip every PyTorch baseline")
-    parser.add_argument("--dtype", default="float32", help="our compute dtype")
+    parser.add_argument("--train_identities", type=int, default=None,
+                        help="P of the train batch (default 2 on the CPU, 8 on accelerators)")
+    parser.add_argument("--train_instances", type=int, default=None,
+                        help="K of the train batch (default 2 on the CPU, 4 on accelerators)")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help=f"PyTorch baselines to time, comma-separated, of {BASELINES} "
+                             "('' for none)")
+    parser.add_argument("--dtypes", default="float32",
+                        help="our compute dtypes, comma-separated (float32, bfloat16)")
     parser.add_argument("--jaxlib_default_flags", action="store_true",
                         help="do not apply psta_jax.xla_cpu's flags")
     parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS (experiments)")
@@ -251,26 +288,38 @@ def main() -> None:
     import jax  # noqa: PLC0415
 
     cores = len(os.sched_getaffinity(0))
-    peak, peak_note = cpu_peak_gflops(cores)
     device = jax.devices()[0]
+    on_cpu = device.platform == "cpu"
+    torch_device = "cpu" if on_cpu else "cuda"
+    peak, peak_note = cpu_peak_gflops(cores) if on_cpu else (float("nan"), "not computed")
     print(f"jax {jax.__version__} on {device.device_kind} ({device.platform}); {cores} usable "
           f"CPU cores, FP32 peak {peak:.0f} GFLOP/s ({peak_note}); "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()[0]:.1f}")
+    train = None if args.skip_train else (args.train_identities or (2 if on_cpu else 8),
+                                          args.train_instances or (2 if on_cpu else 4))
     measures = [("eval", int(b)) for b in args.eval_batches.split(",")]
-    if not args.skip_train:
-        measures.append(("train", TRAIN_IDENTITIES * TRAIN_INSTANCES))
-    baseline_names = [] if args.no_torch else [
-        name for name in BASELINES if not (name == "release" and args.no_release)]
+    if train:
+        measures.append(("train", train[0] * train[1]))
+    baseline_names = [name for name in args.baselines.split(",") if name]
+    unknown = sorted(set(baseline_names) - set(BASELINES))
+    if unknown:
+        parser.error(f"--baselines: unknown {unknown}; expected some of {BASELINES}")
+    instances = train[1] if train else 1
     # Started (built, FLOPs counted) one at a time, before our programs compile.
-    baselines = {(kind, clips, name): TorchBaseline(cores, name, kind, clips)
+    baselines = {(kind, clips, name): TorchBaseline(cores, name, kind, clips, instances,
+                                                    torch_device)
                  for kind, clips in measures for name in baseline_names}
-    calls = build_ours([clips for kind, clips in measures if kind == "eval"],
-                       not args.skip_train, args.dtype)
+    ours_names = [ours_name(dtype) for dtype in args.dtypes.split(",")]
+    calls = {}  # (kind, clips, who) -> (call, GFLOP)
+    for dtype, who in zip(args.dtypes.split(","), ours_names, strict=True):
+        built = build_ours([clips for kind, clips in measures if kind == "eval"], train, dtype)
+        calls.update({(kind, clips, who): call for (kind, clips), call in built.items()})
 
     best: dict = {}
     for round_index in range(args.repeats + 1):  # round 0 warms up (compiles) and is dropped
-        for (kind, clips), (call, ours_gflop) in calls.items():
-            runs = [("ours", lambda call=call: timed(call), ours_gflop)]
+        for kind, clips in measures:
+            runs = [(who, lambda call=calls[(kind, clips, who)][0]: timed(call),
+                     calls[(kind, clips, who)][1]) for who in ours_names]
             runs += [(name, baselines[(kind, clips, name)].run, None)
                      for name in baseline_names]
             for who, run, gflop in runs:
@@ -280,35 +329,51 @@ def main() -> None:
                 key = (kind, clips, who)
                 if round_index and (key not in best or wall < best[key][0]):
                     best[key] = (wall, cpu, gflop, os.getloadavg()[0])
-    ours_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    ours_peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 if on_cpu
+                 else device_peak_gib())
     for baseline in baselines.values():
         baseline.close()
 
-    print(f"{'measure':18s} {'who':8s} {'clips/s':>8s} {'s/call':>7s} {'ours/it':>7s} "
+    print(f"{'measure':18s} {'who':9s} {'clips/s':>8s} {'s/call':>7s} {'ours/it':>7s} "
           f"{'GFLOP':>6s} {'GFLOP/s':>8s} {'%peak':>6s} {'cpu/wall':>8s} {'load':>5s} "
-          f"{'RSS GiB':>7s}")
+          f"{'peak GiB':>8s}")
     rates: dict = {}
-    for kind, clips in calls:
-        for who in ("ours", *baseline_names):
+    for kind, clips in measures:
+        for who in (*ours_names, *baseline_names):
             if (kind, clips, who) not in best:
                 continue
             wall, cpu, gflop, load = best[(kind, clips, who)]
+            if who in ours_names and not on_cpu and baseline_names:
+                # XLA's GPU cost analysis leaves out cuDNN's convolutions: count ours as the
+                # PyTorch baseline of the same network counts it.
+                same_network = "release" if "release" in baseline_names else None
+                gflop = best[(kind, clips, same_network)][2] if same_network else float("nan")
             rate = rates[(kind, clips, who)] = clips / wall
-            ratio = f"{rates[(kind, clips, 'ours')] / rate:6.2f}x" if who != "ours" else ""
-            rss = baselines[(kind, clips, who)].peak_gib if who != "ours" else ours_peak
-            print(f"{kind + f' ({clips} clips)':18s} {who:8s} {rate:8.3f} {wall:7.2f} "
+            first_ours = rates[(kind, clips, ours_names[0])]
+            ratio = f"{first_ours / rate:6.2f}x" if who not in ours_names else ""
+            memory = baselines[(kind, clips, who)].peak_gib if who in baseline_names else ours_peak
+            print(f"{kind + f' ({clips} clips)':18s} {who:9s} {rate:8.3f} {wall:7.3f} "
                   f"{ratio:>7s} {gflop:6.0f} {gflop / wall:8.1f} {100 * gflop / wall / peak:5.1f}%"
-                  f" {cpu / wall:8.2f} {load:5.1f} {rss:7.2f}")
-    for name in baseline_names:
-        pairs = [f"{kind} ({clips} clips) "
-                 f"{rates[(kind, clips, 'ours')] / rates[(kind, clips, name)]:.2f}x"
-                 for kind, clips in calls if (kind, clips, name) in rates]
-        headline = " (headline: the authors' release)" if name == "release" else ""
-        print(f"ours vs {name}{headline}: " + ", ".join(pairs))
-    print("ours/it: our clips/s over that row's in this run (> 1: ours is faster); 'release' "
-          "is the authors' PyTorch PSTA with its loss, 'backbone' its ResNet-50 alone.")
-    print("RSS GiB: peak RSS of the process: ours one process for all our programs "
-          "(compilation included), each PyTorch row its own child process.")
+                  f" {cpu / wall:8.2f} {load:5.1f} {memory:8.2f}")
+    for who in ours_names:
+        for name in baseline_names:
+            pairs = [f"{kind} ({clips} clips) "
+                     f"{rates[(kind, clips, who)] / rates[(kind, clips, name)]:.2f}x"
+                     for kind, clips in measures if (kind, clips, name) in rates]
+            headline = " (headline: the authors' release)" if name == "release" else ""
+            print(f"{who} vs {name}{headline}: " + ", ".join(pairs))
+    print(f"ours/it: {ours_names[0]}'s clips/s over that row's in this run (> 1: ours is "
+          "faster); 'release' is the authors' PyTorch PSTA with its loss, 'backbone' its "
+          f"ResNet-50 alone, both float32 on {torch_device}.")
+    if not on_cpu:
+        print("GFLOP on a GPU: the release's FlopCounterMode count for ours too (XLA's cost "
+              "analysis leaves out cuDNN's convolutions).")
+    if on_cpu:
+        print("peak GiB: peak RSS of the process: ours one process for all our programs "
+              "(compilation included), each PyTorch row its own child process.")
+    else:
+        print("peak GiB: the GPU's peak bytes in use: ours over all our programs (JAX's "
+              "memory_stats), each PyTorch row its own process (max_memory_allocated).")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Throughput and peak memory of the jitted SPMD train step on the available devices.
 
-    python benchmarks/train_step.py [--dataset=mars] [--identities=8 --instances=4]
+    python benchmarks/train_step.py [--identities=8 --instances=4]
         [--dtypes=float32,bfloat16] [--steps=5] [--remat] [--model=release|demo]
+        [--profile_dir=DIR]
 
 The exact step `psta_jax.main` runs (steps.compile_train_step: uint8 clips normalised and
 erased on device, forward in train mode, the release's loss, gradients, coupled Adam,
@@ -13,7 +14,8 @@ clips/s and seconds per step; the peak memory: on the CPU the child's peak RSS (
 release's 3.4 GB for an fp32 P=2 x K=2 step on this machine measures), on a GPU/TPU the
 device's `peak_bytes_in_use` (and `bytes_in_use` after the steps) from `memory_stats()`;
 and XLA's plan for the compiled step (`memory_analysis()`: temporaries, arguments,
-outputs, donated aliases), which says where the memory goes.
+outputs, donated aliases), which says where the memory goes. With --profile_dir, three
+more steps per dtype are traced into DIR/DTYPE (TensorBoard's profile plugin / xprof).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def build_train_step(config, dtype: str):
     """(jitted step, replicated state, sharded batch) as psta_jax.main builds them."""
     from flax import nnx  # noqa: PLC0415
 
-    from psta_jax import input_pipeline, optimizer, sharding, steps  # noqa: PLC0415
+    from psta_jax import clip_preparation, optimizer, sharding, steps  # noqa: PLC0415
     from psta_jax.models import build_model  # noqa: PLC0415
     from psta_jax.testing import random_model  # noqa: PLC0415
 
@@ -63,7 +65,7 @@ def build_train_step(config, dtype: str):
         random_model(lambda: build_model(config.model, NUM_CLASSES, nnx.Rngs(0))), tx, mesh
     )
     step = steps.compile_train_step(
-        graphs, tx, NUM_CLASSES, config.loss, mesh, input_pipeline.prepare_train_clips(config)
+        graphs, tx, NUM_CLASSES, config.loss, mesh, clip_preparation.prepare_train_clips(config)
     )
     batch_size = config.batch.identities * config.batch.instances
     return step, state, sharding.shard_batch(random_batch(config, batch_size), mesh)
@@ -111,7 +113,7 @@ def peak_memory(steps_only: bool) -> dict[str, float]:
     return memory
 
 
-def measure(config, dtype: str, num_steps: int) -> dict:
+def measure(config, dtype: str, num_steps: int, profile_dir: str | None = None) -> dict:
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
@@ -133,6 +135,11 @@ def measure(config, dtype: str, num_steps: int) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     best = min(times)
+    if profile_dir:
+        with jax.profiler.trace(os.path.join(profile_dir, dtype)):
+            for _ in range(3):
+                state, metrics = step(state, batch)
+            jax.block_until_ready(metrics)
     batch_size = config.batch.identities * config.batch.instances
     return {
         "dtype": dtype,
@@ -149,16 +156,17 @@ def measure(config, dtype: str, num_steps: int) -> dict:
     }
 
 
-def _child(config, dtype: str, num_steps: int, queue) -> None:
+def _child(config, dtype: str, num_steps: int, profile_dir: str | None, queue) -> None:
     xla_cpu.configure_for_cpu_if_needed()
-    queue.put(measure(config, dtype, num_steps))
+    queue.put(measure(config, dtype, num_steps, profile_dir))
 
 
-def measure_in_child(config, dtype: str, num_steps: int) -> dict:
+def measure_in_child(config, dtype: str, num_steps: int, profile_dir: str | None) -> dict:
     """`measure` in a fresh process: its peak memory is this step's alone."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_child, args=(config, dtype, num_steps, queue))
+    process = context.Process(target=_child,
+                              args=(config, dtype, num_steps, profile_dir, queue))
     process.start()
     result = queue.get()
     process.join()
@@ -167,12 +175,13 @@ def measure_in_child(config, dtype: str, num_steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="mars")
     parser.add_argument("--identities", type=int, default=None)
     parser.add_argument("--instances", type=int, default=None)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--profile_dir", default=None,
+                        help="trace three more steps per dtype into DIR/DTYPE")
     parser.add_argument(
         "--model",
         choices=("release", "demo"),
@@ -184,7 +193,7 @@ def main() -> None:
     on_cpu = xla_cpu.will_run_on_cpu()
     from psta_jax import config_base  # noqa: PLC0415 (no JAX backend in this process)
 
-    config = config_base.dataset_config(args.dataset, None)
+    config = config_base.base_config()  # the model and recipe; no dataset (nor TFDS) needed
     config.batch.identities = args.identities or (2 if on_cpu else 8)
     config.batch.instances = args.instances or (2 if on_cpu else 4)
     if args.model == "demo":
@@ -195,7 +204,8 @@ def main() -> None:
         f"T={config.model.seq_len}, P={config.batch.identities} x K={config.batch.instances}, "
         f"remat={args.remat}, {'CPU' if on_cpu else 'accelerator'}, load {os.getloadavg()[0]:.1f}"
     )
-    rows = [measure_in_child(config, dtype, args.steps) for dtype in args.dtypes.split(",")]
+    rows = [measure_in_child(config, dtype, args.steps, args.profile_dir)
+            for dtype in args.dtypes.split(",")]
     print(
         f"{'dtype':10s} {'clips':>5s} {'compile':>8s} {'step s':>7s} {'median':>7s} "
         f"{'clips/s':>7s} {'load':>5s}  peak memory (GiB)  |  XLA plan (GiB)"

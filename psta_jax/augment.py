@@ -17,8 +17,8 @@ nothing is resized.
 
 Random draws (flip flags, erasing rectangles) are made on the host by NumPy as part of a
 batch plan (``draw_erasing_boxes``), so the tf.data graph only applies them.
-``finish_clips`` is the jax.numpy twin of the host's normalise-and-erase, for ``uint8_clips``
-batches finished inside the jitted step.
+``clip_preparation.finish_clips`` is the jax.numpy twin of the host's flip, normalise and
+erase, for ``uint8_clips`` batches finished inside the jitted step.
 """
 
 from __future__ import annotations
@@ -28,11 +28,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 
-if TYPE_CHECKING:
-    from psta_jax.input_pipeline import ImageConfig, TrainPipelineConfig
+from psta_jax.clip_preparation import IMAGENET_MEAN, normalization
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+if TYPE_CHECKING:
+    from psta_jax.clip_preparation import ImageConfig, TrainPipelineConfig
 
 
 def draw_erasing_boxes(rng: np.random.Generator, count: int, height: int, width: int,
@@ -95,41 +94,6 @@ def decode_resize_clip(encoded: tf.Tensor, seq_len: int, size: tuple[int, int], 
     return tf.ensure_shape(clip, [seq_len, *size, 3])
 
 
-def normalization(config: ImageConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, offset), (3,) float32: x_uint8 * scale + offset = (x / 255 - mean) / std."""
-    mean = np.asarray(config.mean if config.normalize else (0.0, 0.0, 0.0), np.float32)
-    std = np.asarray(config.std if config.normalize else (1.0, 1.0, 1.0), np.float32)
-    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
-
-
-def finish_clips(clips, erase=None, flip=None, *, config: ImageConfig):
-    """The host path's last steps for ``uint8_clips`` batches, in jax.numpy (jit-friendly).
-
-    clips (B, T, H, W, 3) uint8, erase (B, 4) int32 (top, left, h, w; h = 0: none) or None,
-    flip (B,) bool or None (evaluation batches: None) -> (B, T, H, W, 3) ``config.dtype``:
-    flipped, normalised, erased with ``erasing_fill``.
-    """
-    import jax.numpy as jnp
-
-    if clips.ndim != 5 or clips.shape[-1] != 3:
-        raise ValueError(f"finish_clips: expected clips (B, T, H, W, 3), got {clips.shape}")
-    if flip is not None:
-        clips = jnp.where(jnp.asarray(flip)[:, None, None, None, None], clips[:, :, :, ::-1],
-                          clips)
-    if erase is None:
-        erase = jnp.zeros((clips.shape[0], 4), jnp.int32)
-    height, width = clips.shape[2:4]
-    scale, offset = normalization(config)
-    out = clips.astype(jnp.float32) * scale + offset
-    top, left, h, w = (jnp.asarray(erase)[:, i, None] for i in range(4))
-    rows, cols = jnp.arange(height)[None, :], jnp.arange(width)[None, :]
-    in_rows = (rows >= top) & (rows < top + h)  # (B, H)
-    in_cols = (cols >= left) & (cols < left + w)  # (B, W)
-    inside = in_rows[:, None, :, None, None] & in_cols[:, None, None, :, None]
-    fill = jnp.asarray(getattr(config, "erasing_fill", IMAGENET_MEAN), jnp.float32)
-    return jnp.where(inside, fill, out).astype(np.dtype(tf.as_dtype(config.dtype).as_numpy_dtype))
-
-
 def clip_transform(config: ImageConfig, augment: bool):
     """f(encoded (T,) string, flip () bool, erase (4,) int32) -> one (T, H, W, 3) clip in
     ``config.dtype``.
@@ -137,8 +101,8 @@ def clip_transform(config: ImageConfig, augment: bool):
     Each frame: decode -> resize; then the whole clip: flip (if ``flip``; still uint8) ->
     scale to [0, 1] and normalise (one multiply-add) -> erase the (top, left, h, w) rectangle
     ``erase`` (if h > 0), so all T frames get the same flip and rectangle. With
-    ``config.uint8_clips`` it stops before the flip (finish_clips flips, normalises and erases
-    on the device).
+    ``config.uint8_clips`` it stops before the flip (``clip_preparation.finish_clips`` flips,
+    normalises and erases on the device).
 
     One call per clip, not per frame, and one branch per clip: a tf.data element or a
     tf.cond costs 30-100 us of CPU, against ~0.35 ms to decode a 256x128 frame.

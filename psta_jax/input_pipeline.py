@@ -33,11 +33,9 @@ int32; evaluation ``clips``, ``tracklet_ids`` (B,) int64, ``pids`` (B,) int64, `
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -45,110 +43,21 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from psta_jax import augment, datasets, distributed, sampling
-from psta_jax.augment import IMAGENET_MEAN, IMAGENET_STD, clip_transform, draw_erasing_boxes
+from psta_jax import datasets, distributed, sampling
+from psta_jax.augment import clip_transform, draw_erasing_boxes
+from psta_jax.clip_preparation import (
+    EvalPipelineConfig,
+    ImageConfig,
+    TrainPipelineConfig,
+    as_config,
+    eval_pipeline_config,
+    train_pipeline_config,
+)
 from psta_jax.datasets import preparation
 from psta_jax.errors import ConfigError
 
 AUTOTUNE = tf.data.AUTOTUNE
 REQUIRED_FEATURES = ("frames", "pid", "camid", "tracklet_id")
-
-
-# ----------------------------------------------------------------------------- configuration
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageConfig:
-    """Fields shared by training and evaluation."""
-
-    seq_len: int = 8
-    image_size: tuple[int, int] = (256, 128)  # (H, W)
-    antialias: bool = True
-    normalize: bool = True
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    dtype: Any = "float32"  # anything tf.as_dtype accepts: "bfloat16", jnp.bfloat16, ...
-    num_parallel_calls: int = AUTOTUNE
-    prefetch: int = 2
-    # True: the host stops after resizing; ``clips`` are uint8, training batches also carry
-    # ``flip`` (B,) and ``erase`` (B, 4), and ``augment.finish_clips`` (jnp, in the jitted
-    # step) gives exactly the host path's clips. A quarter of the host work and transfer.
-    uint8_clips: bool = False
-
-    @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any] | None = None, **overrides: Any):
-        """Builds the config from a dict / ml_collections.ConfigDict; unknown keys are errors."""
-        values = dict(mapping.to_dict() if hasattr(mapping, "to_dict") else (mapping or {}))
-        values.update(overrides)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown fields {unknown}; expected some of "
-                             f"{sorted(fields)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**values)
-
-    def _validate(self) -> None:
-        if self.seq_len < 1:
-            raise ValueError(f"{type(self).__name__}.seq_len must be >= 1, got {self.seq_len}")
-        if len(self.image_size) != 2 or min(self.image_size) < 1:
-            raise ValueError(f"{type(self).__name__}.image_size must be (H, W) with positive "
-                             f"entries, got {self.image_size}")
-        tf.as_dtype(self.dtype)  # raises a TypeError naming the bad dtype
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainPipelineConfig(ImageConfig):
-    """Training pipeline: P x K identity batches, ``sampler`` in sampling.TRAIN_SAMPLERS."""
-
-    identities_per_batch: int = 8  # P
-    instances_per_identity: int = 4  # K
-    sampler: str = "rrs"  # the paper's RRS; the release trains with "random_interval"
-    resize_method: str = "bicubic"
-    flip: bool = True
-    flip_prob: float = 0.5
-    erasing: bool = True
-    erasing_prob: float = 0.5
-    erasing_area: tuple[float, float] = (0.02, 0.4)  # fraction of H * W, uniform
-    erasing_min_aspect: float = 0.3  # aspect h / w uniform in [min, 1 / min]
-    erasing_max_tries: int = 100
-    erasing_fill: tuple[float, float, float] = IMAGENET_MEAN  # written after normalisation
-
-    def __post_init__(self):
-        self._validate()
-        sampling.train_sampler(self.sampler)
-        if self.identities_per_batch < 1 or self.instances_per_identity < 1:
-            raise ValueError("TrainPipelineConfig: identities_per_batch (P) and "
-                             "instances_per_identity (K) must be >= 1, got "
-                             f"{self.identities_per_batch} x {self.instances_per_identity}")
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.identities_per_batch * self.instances_per_identity
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalPipelineConfig(ImageConfig):
-    """Evaluation pipeline: ``sampler`` in sampling.EVAL_SAMPLERS."""
-
-    sampler: str = "rrs"  # the release tests MARS with "begin_interval", Duke with "dense"
-    resize_method: str = "bilinear"
-    dense_max_clips: int | None = sampling.DENSE_MAX_CLIPS
-    seed: int = 0  # chooses the kept run of clips when dense exceeds dense_max_clips
-
-    def __post_init__(self):
-        self._validate()
-        if self.sampler not in sampling.EVAL_SAMPLERS:
-            raise ValueError(f"EvalPipelineConfig.sampler must be one of "
-                             f"{sampling.EVAL_SAMPLERS}, got {self.sampler!r}")
-
-
-def _as_config(config, cls):
-    if isinstance(config, cls):
-        return config
-    if config is None or isinstance(config, Mapping) or hasattr(config, "to_dict"):
-        return cls.from_mapping(config)
-    raise TypeError(f"expected a {cls.__name__} or a mapping of its fields, got {type(config)}")
 
 
 # ----------------------------------------------------------------------------- host-memory split
@@ -395,7 +304,7 @@ def create_train_iterator(examples: tf.data.Dataset | TrackletStore,
 
     ``examples``: the train split (dataset contract), or a TrackletStore already loaded.
     """
-    config = _as_config(config, TrainPipelineConfig)
+    config = as_config(config, TrainPipelineConfig)
     store = examples if isinstance(examples, TrackletStore) else load_tracklets(examples)
     return TrainIterator(store, config, seed=seed, start_step=start_step,
                          process_index=process_index, process_count=process_count)
@@ -472,7 +381,7 @@ def create_eval_iterator(examples: tf.data.Dataset | TrackletStore,
                          batch_size: int, process_index: int = 0,
                          process_count: int = 1) -> EvalIterable:
     """Evaluation batches of a query or gallery split; ``batch_size`` is the global batch."""
-    config = _as_config(config, EvalPipelineConfig)
+    config = as_config(config, EvalPipelineConfig)
     store = examples if isinstance(examples, TrackletStore) else load_tracklets(examples)
     return EvalIterable(store, config, batch_size=batch_size, process_index=process_index,
                         process_count=process_count)
@@ -549,49 +458,6 @@ def open_dataset(config: ml_collections.ConfigDict) -> Splits:
     return Splits(name=config.dataset.name, **stores)
 
 
-def _image_fields(config: ml_collections.ConfigDict) -> dict:
-    return dict(
-        seq_len=config.model.seq_len,
-        image_size=tuple(config.model.image_size),
-        dtype=config.model.dtype,
-        num_parallel_calls=config.input.num_parallel_calls,
-        # The host stops at uint8 (4x fewer bytes to write and to copy to the devices);
-        # normalisation and erasing run inside the jitted step (prepare_train/eval_clips).
-        uint8_clips=True,
-    )
-
-
-def train_pipeline_config(config: ml_collections.ConfigDict) -> TrainPipelineConfig:
-    """The training pipeline a run's config describes."""
-    with _config_checks():
-        return TrainPipelineConfig(
-            identities_per_batch=config.batch.identities,
-            instances_per_identity=config.batch.instances,
-            sampler=config.input.train_sampler,
-            flip=config.input.flip,
-            erasing=config.input.erasing_prob > 0,
-            erasing_prob=config.input.erasing_prob,
-            **_image_fields(config),
-        )
-
-
-def eval_pipeline_config(config: ml_collections.ConfigDict) -> EvalPipelineConfig:
-    """The evaluation pipeline a run's config describes."""
-    with _config_checks():
-        return EvalPipelineConfig(
-            sampler=config.input.test_sampler, seed=config.seed, **_image_fields(config)
-        )
-
-
-@contextlib.contextmanager
-def _config_checks() -> Iterator[None]:
-    """A pipeline config's validation error, reported as a config error (no traceback)."""
-    try:
-        yield
-    except ValueError as error:
-        raise ConfigError(f"invalid config.input / config.model value: {error}") from error
-
-
 class TrainData:
     """The training split with the config's P x K sampling, for any start step."""
 
@@ -623,17 +489,6 @@ class TrainData:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-
-
-def prepare_train_clips(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]:
-    """Device-side flip, normalisation and erasing of the training pipeline's uint8 clips (a
-    `steps.PrepareClips`)."""
-    return functools.partial(augment.finish_clips, config=train_pipeline_config(config))
-
-
-def prepare_eval_clips(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]:
-    """Device-side normalisation of the evaluation pipeline's uint8 clips."""
-    return functools.partial(augment.finish_clips, config=eval_pipeline_config(config))
 
 
 def eval_batch_size(config: ml_collections.ConfigDict) -> int:

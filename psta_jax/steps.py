@@ -28,7 +28,7 @@ from psta_jax.errors import UserError
 from psta_jax.models.psta import PSTA
 from psta_jax.sharding import data_sharded, replicated
 
-# (clips, erase or None, flip or None) -> model input; see augment.finish_clips.
+# (clips, erase or None, flip or None) -> model input; see clip_preparation.finish_clips.
 PrepareClips = Callable[[jax.Array, jax.Array | None, jax.Array | None], jax.Array]
 
 
@@ -88,7 +88,7 @@ def train_step(
 
     With `prepare_clips`, batches carry uint8 clips (and 'flip' flags and 'erase'
     rectangles) that it turns into flipped, normalised, erased clips on the device
-    (augment.finish_clips).
+    (clip_preparation.finish_clips).
 
     When the loss is not finite the returned state equals the input state (the host raises
     NonFiniteLossError on seeing metrics['finite'] == 0), so no NaN ever reaches a checkpoint.

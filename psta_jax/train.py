@@ -17,6 +17,7 @@ from flax import nnx
 
 from psta_jax import (
     checkpointing,
+    clip_preparation,
     config_base,
     distributed,
     input_pipeline,
@@ -91,9 +92,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointing.write_config(workdir_path, config, **config_base.run_facts(config, num_classes))
 
     train_step = steps.compile_train_step(
-        graphs, tx, num_classes, config.loss, mesh, input_pipeline.prepare_train_clips(config)
+        graphs, tx, num_classes, config.loss, mesh, clip_preparation.prepare_train_clips(config)
     )
-    embed_fn = steps.compile_embed(graphs, mesh, input_pipeline.prepare_eval_clips(config))
+    embed_fn = steps.compile_embed(graphs, mesh, clip_preparation.prepare_eval_clips(config))
     start_step = int(state.step)
     writer = metric_writers.create_metric_writer(workdir_path, resume_step=start_step)
     train_progress = progress.TrainProgress(

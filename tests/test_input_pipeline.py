@@ -1,11 +1,15 @@
 """The tf.data pipeline on tiny in-memory datasets with the dataset contract's features."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
 from psta_jax import augment, sampling
+from psta_jax import clip_preparation as cp
 from psta_jax import input_pipeline as ip
 
 T = 4
@@ -49,11 +53,11 @@ def index_store() -> ip.TrackletStore:
         [(pid, cam, _index_frames(n, i)) for i, (pid, cam, n) in enumerate(LAYOUT)]))
 
 
-def _config(**overrides) -> ip.TrainPipelineConfig:
+def _config(**overrides) -> cp.TrainPipelineConfig:
     values = dict(identities_per_batch=2, instances_per_identity=2, seq_len=T, image_size=SIZE,
                   num_parallel_calls=2)
     values.update(overrides)
-    return ip.TrainPipelineConfig(**values)
+    return cp.TrainPipelineConfig(**values)
 
 
 def _raw(clips: np.ndarray) -> np.ndarray:
@@ -166,7 +170,7 @@ def test_flip_and_erasing_are_the_same_for_every_frame_of_a_clip():
     batch = next(ip.create_train_iterator(store, _config(**base), seed=0))
     clips = batch["clips"]
     np.testing.assert_array_equal(clips, np.broadcast_to(clips[:, :1], clips.shape))
-    erased = np.all(clips == np.float32(ip.IMAGENET_MEAN), axis=-1)  # (B, T, H, W)
+    erased = np.all(clips == np.float32(cp.IMAGENET_MEAN), axis=-1)  # (B, T, H, W)
     assert erased[:, 0].any(axis=(1, 2)).all()
     plan = ip.create_train_iterator(store, _config(**base), seed=0).plan(0)
     for clip, (top, left, h, w) in zip(erased[:, 0], plan["erase"], strict=True):
@@ -187,7 +191,7 @@ def test_normalisation_values():
         [(p, 0, np.broadcast_to(colour, (2, *SIZE, 3))) for p in range(2)]))
     config = _config(flip=False, erasing=False, instances_per_identity=1)
     clips = next(ip.create_train_iterator(store, config, seed=0))["clips"]
-    expected = (colour / 255.0 - np.array(ip.IMAGENET_MEAN)) / np.array(ip.IMAGENET_STD)
+    expected = (colour / 255.0 - np.array(cp.IMAGENET_MEAN)) / np.array(cp.IMAGENET_STD)
     np.testing.assert_allclose(clips, np.broadcast_to(expected, clips.shape), rtol=1e-6)
     raw = next(ip.create_train_iterator(store, _config(
         flip=False, erasing=False, normalize=False, instances_per_identity=1), seed=0))["clips"]
@@ -249,7 +253,7 @@ def test_clip_of_mixed_frame_sizes_resizes_each_frame_alone():
 
 @pytest.mark.parametrize("sampler", ["rrs", "begin_interval", "dense"])
 def test_eval_sees_every_tracklet_once(index_store, sampler):
-    config = ip.EvalPipelineConfig(sampler=sampler, seq_len=T, image_size=SIZE, normalize=False)
+    config = cp.EvalPipelineConfig(sampler=sampler, seq_len=T, image_size=SIZE, normalize=False)
     evaluation = ip.create_eval_iterator(index_store, config, batch_size=6)
     for _ in range(2):  # every pass is complete
         batches = list(evaluation)
@@ -271,7 +275,7 @@ def test_eval_sees_every_tracklet_once(index_store, sampler):
 
 
 def test_eval_process_slices_and_dense_cap(index_store):
-    config = ip.EvalPipelineConfig(sampler="dense", seq_len=T, image_size=SIZE, dense_max_clips=3)
+    config = cp.EvalPipelineConfig(sampler="dense", seq_len=T, image_size=SIZE, dense_max_clips=3)
     single = list(ip.create_eval_iterator(index_store, config, batch_size=4))
     hosts = [list(ip.create_eval_iterator(index_store, config, batch_size=4, process_index=i,
                                           process_count=2)) for i in range(2)]
@@ -300,14 +304,14 @@ def test_average_clip_features():
 
 
 def test_config_from_mapping_rejects_unknown_fields():
-    config = ip.TrainPipelineConfig.from_mapping({"image_size": [32, 16], "sampler": "rrs"})
+    config = cp.TrainPipelineConfig.from_mapping({"image_size": [32, 16], "sampler": "rrs"})
     assert config.image_size == (32, 16) and config.global_batch_size == 32
     with pytest.raises(ValueError, match="unknown fields"):
-        ip.TrainPipelineConfig.from_mapping({"identities": 8})
+        cp.TrainPipelineConfig.from_mapping({"identities": 8})
     with pytest.raises(ValueError, match="unknown training frame sampler"):
-        ip.TrainPipelineConfig(sampler="dense")
+        cp.TrainPipelineConfig(sampler="dense")
     with pytest.raises(ValueError, match="sampler must be one of"):
-        ip.EvalPipelineConfig(sampler="random_interval")
+        cp.EvalPipelineConfig(sampler="random_interval")
 
 
 def test_uint8_clips_finished_on_device_match_the_host_path(index_store):
@@ -317,15 +321,29 @@ def test_uint8_clips_finished_on_device_match_the_host_path(index_store):
     deferred = next(ip.create_train_iterator(index_store, config, seed=4))
     assert deferred["clips"].dtype == np.uint8 and deferred["erase"].shape == (4, 4)
     assert 0 < deferred["flip"].sum() < 4, "the seed should flip some clips and not others"
-    finished = np.asarray(augment.finish_clips(deferred["clips"], deferred["erase"],
+    finished = np.asarray(cp.finish_clips(deferred["clips"], deferred["erase"],
                                                deferred["flip"], config=config))
     np.testing.assert_allclose(finished, host["clips"], atol=1e-6)
     np.testing.assert_array_equal(deferred["labels"], host["labels"])
-    eval_config = ip.EvalPipelineConfig(seq_len=T, image_size=(16, 8))
+    eval_config = cp.EvalPipelineConfig(seq_len=T, image_size=(16, 8))
     host_eval = next(iter(ip.create_eval_iterator(index_store, eval_config, batch_size=4)))
-    deferred_config = ip.EvalPipelineConfig(seq_len=T, image_size=(16, 8), uint8_clips=True)
+    deferred_config = cp.EvalPipelineConfig(seq_len=T, image_size=(16, 8), uint8_clips=True)
     deferred_eval = next(iter(ip.create_eval_iterator(index_store, deferred_config,
                                                       batch_size=4)))
-    np.testing.assert_allclose(np.asarray(augment.finish_clips(deferred_eval["clips"],
+    np.testing.assert_allclose(np.asarray(cp.finish_clips(deferred_eval["clips"],
                                                           config=deferred_config)),
                                host_eval["clips"], atol=1e-6)
+
+
+def test_device_side_modules_import_no_tensorflow():
+    """The jitted steps and what they take from the pipeline (clip_preparation) import no
+    TensorFlow, so accelerator hosts can compile and benchmark steps without tf.data."""
+    code = ("import sys\n"
+            "from psta_jax import clip_preparation, config_base, optimizer, sharding, steps\n"
+            "from psta_jax.models import build_model\n"
+            "config_base.base_config()\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', "
+            "'tensorflow_datasets'}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=300)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -12,7 +12,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from psta_jax import checkpointing, config_base, input_pipeline, sharding, steps
+from psta_jax import checkpointing, clip_preparation, config_base, input_pipeline, sharding, steps
 from psta_jax.evaluation import features as features_lib
 from psta_jax.evaluation.protocols import evaluate
 from psta_jax.evaluation.report import format_report, to_json
@@ -90,7 +90,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         saved, config_base.run_facts(config, num_classes), str(source)
     )
     graphs, step, variables = restore_model(source, config.model, num_classes, mesh)
-    embed_fn = steps.compile_embed(graphs, mesh, input_pipeline.prepare_eval_clips(config))
+    embed_fn = steps.compile_embed(graphs, mesh, clip_preparation.prepare_eval_clips(config))
     metrics = evaluate_splits(
         config, splits, embed_fn, variables["params"], variables["model_state"], mesh
     )

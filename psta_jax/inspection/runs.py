@@ -17,7 +17,7 @@ from etils import epath
 from flax import nnx
 from PIL import Image
 
-from psta_jax import checkpointing, evaluation, input_pipeline, sharding, steps
+from psta_jax import checkpointing, clip_preparation, evaluation, input_pipeline, sharding, steps
 from psta_jax.errors import UserError
 from psta_jax.evaluation import features as features_lib
 from psta_jax.evaluation import model_eval
@@ -86,8 +86,8 @@ class Run:
 
 def prepare_clips(config: ml_collections.ConfigDict) -> steps.PrepareClips | None:
     """What turns the eval pipeline's clips into model inputs on the device (None: as is)."""
-    if input_pipeline.eval_pipeline_config(config).uint8_clips:
-        return input_pipeline.prepare_eval_clips(config)
+    if clip_preparation.eval_pipeline_config(config).uint8_clips:
+        return clip_preparation.prepare_eval_clips(config)
     return None
 
 
@@ -195,7 +195,7 @@ def tracklet_clip(store: input_pipeline.TrackletStore, position: int,
         tracklet_ids=store.tracklet_ids[position:position + 1],
     )
     batches = input_pipeline.create_eval_iterator(
-        single, input_pipeline.eval_pipeline_config(config), batch_size=1)
+        single, clip_preparation.eval_pipeline_config(config), batch_size=1)
     return next(iter(batches))["clips"][0]
 
 
@@ -203,7 +203,7 @@ def display_frames(clip: np.ndarray, config: ml_collections.ConfigDict) -> np.nd
     """A pipeline clip (T, H, W, 3) as uint8 for display (undoes float normalisation)."""
     if np.asarray(clip).dtype == np.uint8:
         return np.asarray(clip)
-    pipeline = input_pipeline.eval_pipeline_config(config)
+    pipeline = clip_preparation.eval_pipeline_config(config)
     frames = np.asarray(clip, np.float32)
     if pipeline.normalize:
         frames = frames * np.asarray(pipeline.std, np.float32) + np.asarray(pipeline.mean,

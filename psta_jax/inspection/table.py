@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from psta_jax import input_pipeline, sharding, steps
+from psta_jax import clip_preparation, sharding, steps
 from psta_jax.inspection.runs import Run, effective_aggregation
 
 TABLE_STEM = "ablation_table"
@@ -91,7 +91,7 @@ def measure_cost(run: Run, *, batch_size: int | None = None, repeats: int = 3) -
 
 def random_clips(config: ml_collections.ConfigDict, batch_size: int) -> np.ndarray:
     """Random clips shaped and typed as the eval pipeline's batches (B, T, H, W, 3)."""
-    pipeline = input_pipeline.eval_pipeline_config(config)
+    pipeline = clip_preparation.eval_pipeline_config(config)
     shape = (batch_size, pipeline.seq_len, *pipeline.image_size, 3)
     rng = np.random.default_rng(0)
     if pipeline.uint8_clips:

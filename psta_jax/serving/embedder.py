@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from psta_jax import evaluation, input_pipeline, steps
+from psta_jax import clip_preparation, evaluation, input_pipeline, steps
 from psta_jax.evaluation import features as features_lib
 from psta_jax.serving import tracklets
 from psta_jax.serving.embedding_file import Embeddings
@@ -105,7 +105,7 @@ def embed_store(model: TrainedModel, store: input_pipeline.TrackletStore, *,
         config = config.copy_and_resolve_references()
         config.input.eval_batch_size = batch_size
     embed_fn = steps.compile_embed(model.graphs, model.mesh,
-                                   input_pipeline.prepare_eval_clips(config))
+                                   clip_preparation.prepare_eval_clips(config))
     batches = _Timed(input_pipeline.eval_iterator(store, config), show_progress)
     result = features_lib.tracklet_features(
         embed_fn, model.variables["params"], model.variables["model_state"], batches,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from psta_jax import checkpointing, input_pipeline, sharding, steps
+from psta_jax import checkpointing, clip_preparation, sharding, steps
 from psta_jax.evaluation import model_eval
 from psta_jax.serving.embedding_file import CheckpointIdentity
 from psta_jax.serving.errors import ServingInputError
@@ -96,7 +96,7 @@ def embedding_function(model: TrainedModel, *, l2_normalise: bool = False
 
     `l2_normalise` divides each clip's embedding by its L2 norm.
     """
-    prepare = input_pipeline.prepare_eval_clips(model.config)
+    prepare = clip_preparation.prepare_eval_clips(model.config)
     params = jax.device_get(model.variables["params"])
     model_state = jax.device_get(model.variables["model_state"])
     clip_shape = model.clip_shape

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from psta_jax import export, input_pipeline, steps
+from psta_jax import clip_preparation, export, input_pipeline, steps
 from psta_jax.serving import embedder, export_artifacts, tracklets, trained_model
 
 pytestmark = [
@@ -66,7 +66,7 @@ def reference(trained_run, tmp_path_factory):
     store = tracklets.read_split(embedder.split_source(model, "mars:query", None))
     clips = next(iter(input_pipeline.eval_iterator(store, model.config)))["clips"][:3]
     embed_fn = steps.compile_embed(model.graphs, model.mesh,
-                                   input_pipeline.prepare_eval_clips(model.config))
+                                   clip_preparation.prepare_eval_clips(model.config))
     expected = {n: np.asarray(embed_fn(model.variables["params"],
                                        model.variables["model_state"], clips[:n]))
                 for n in BATCH_SIZES}
