@@ -1,7 +1,8 @@
 """PSTA model speed on this machine beside the authors' PyTorch release, timed in the same run.
 
     python benchmarks/model_throughput.py [--eval_batches=1] [--repeats=3] [--skip_train]
-        [--train_identities=P --train_instances=K] [--baselines=release,backbone]
+        [--train_identities=P --train_instances=K] [--train_steps_per_call=1]
+        [--baselines=release,backbone]
         [--dtypes=float32,bfloat16] [--jaxlib_default_flags] [--xla_flags='--xla_...']
 
 Ours: the default PSTA (ResNet-50, last stride 1, three STAM stages, 625 classes) at
@@ -9,7 +10,10 @@ Ours: the default PSTA (ResNet-50, last stride 1, three STAM stages, 625 classes
 uint8 clips (`steps.compile_embed`), train = one jitted step on P x K clips (P=2 x K=2 on
 the CPU, the paper's P=8 x K=4 on an accelerator; `steps.compile_train_step`: forward in
 train mode, the release's loss, gradients, coupled Adam, BatchNorm statistics), in each
-compute dtype of --dtypes (parameters stay float32).
+compute dtype of --dtypes (parameters stay float32). A timed train call runs
+--train_steps_per_call steps back to back and waits for the last (1: each step is waited
+for; more: the steady state of a training loop, where the host queues the next step while
+the device runs this one), for ours and the baselines alike.
 
 Baselines, in PyTorch with as many threads as this process may use, on uint8 clips
 (B, T, 3, H, W) turned into ImageNet-normalised floats inside the timed call:
@@ -79,10 +83,12 @@ def cpu_peak_gflops(cores: int) -> tuple[float, str]:
 # ----------------------------------------------------------------------------- PyTorch
 
 
-def torch_call(model_name: str, kind: str, clips: int, instances: int, device: str):
+def torch_call(model_name: str, kind: str, clips: int, instances: int, device: str,
+               steps: int = 1):
     """One measured call of a PyTorch baseline on `device`, on fixed random uint8 clips
     (B, T, 3, H, W) that it turns into ImageNet-normalised floats, as our programs do on
-    device; train batches hold B / `instances` identities."""
+    device; train batches hold B / `instances` identities, and a train call runs `steps`
+    optimisation steps."""
     import torch  # noqa: PLC0415 (optional dependency, child processes only)
 
     from psta_jax.interop import torch_model  # noqa: PLC0415 (imports torch)
@@ -130,15 +136,16 @@ def torch_call(model_name: str, kind: str, clips: int, instances: int, device: s
                                  lr=3.5e-4, weight_decay=5e-4)
 
     def call():
-        optimizer.zero_grad()
-        loss(forward(prepare())).backward()
-        optimizer.step()
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss(forward(prepare())).backward()
+            optimizer.step()
         synchronize()
     return call
 
 
 def torch_worker(conn, threads: int, model_name: str, kind: str, clips: int, instances: int,
-                 device: str) -> None:
+                 device: str, steps: int) -> None:
     """Builds one baseline call, counts its FLOPs (one untimed call), sends ('ready',
     GFLOP), then serves requests: (wall s, CPU s, GFLOP, peak memory GiB: this process's
     peak RSS on the CPU, the GPU's peak allocated bytes on CUDA)."""
@@ -148,7 +155,7 @@ def torch_worker(conn, threads: int, model_name: str, kind: str, clips: int, ins
     torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    call = torch_call(model_name, kind, clips, instances, device)
+    call = torch_call(model_name, kind, clips, instances, device, steps)
     with FlopCounterMode(display=False) as counter:
         call()
     gflop = counter.get_total_flops() / 1e9
@@ -167,11 +174,12 @@ class TorchBaseline:
     threads never compete with XLA's, and its peak RSS is that measure's alone."""
 
     def __init__(self, threads: int, model_name: str, kind: str, clips: int, instances: int,
-                 device: str):
+                 device: str, steps: int = 1):
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(
-            target=torch_worker, args=(child, threads, model_name, kind, clips, instances, device),
+            target=torch_worker,
+            args=(child, threads, model_name, kind, clips, instances, device, steps),
             daemon=True)
         self._process.start()
         _, self.gflop = self._conn.recv()  # built and counted: one child at a time
@@ -197,9 +205,10 @@ def ours_name(dtype: str) -> str:
         "float", "f")
 
 
-def build_ours(eval_batches: list[int], train: tuple[int, int] | None, dtype: str) -> dict:
+def build_ours(eval_batches: list[int], train: tuple[int, int] | None, dtype: str,
+               train_steps: int = 1) -> dict:
     """{(kind, clips): (call, GFLOP per call)} for our eval programs (one per batch) and,
-    with `train` = (P, K), the train step, computing in `dtype`."""
+    with `train` = (P, K), `train_steps` train steps per call, computing in `dtype`."""
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
@@ -237,10 +246,11 @@ def build_ours(eval_batches: list[int], train: tuple[int, int] | None, dtype: st
         carry = [state]
 
         def train_call():
-            carry[0], metrics = step(carry[0], batch)
+            for _ in range(train_steps):
+                carry[0], metrics = step(carry[0], batch)
             jax.block_until_ready(metrics)
 
-        calls[("train", train[0] * train[1])] = (train_call, flops / 1e9)
+        calls[("train", train[0] * train[1])] = (train_call, train_steps * flops / 1e9)
     xla_cpu.release_compilation_memory()  # as psta_jax.train does after compiling
     return calls
 
@@ -267,6 +277,8 @@ def main() -> None:
     parser.add_argument("--eval_batches", default="1", help="comma-separated clip counts")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds")
     parser.add_argument("--skip_train", action="store_true")
+    parser.add_argument("--train_steps_per_call", type=int, default=1,
+                        help="train steps per timed call, waiting for the last only")
     parser.add_argument("--train_identities", type=int, default=None,
                         help="P of the train batch (default 2 on the CPU, 8 on accelerators)")
     parser.add_argument("--train_instances", type=int, default=None,
@@ -297,7 +309,8 @@ def main() -> None:
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()[0]:.1f}")
     train = None if args.skip_train else (args.train_identities or (2 if on_cpu else 8),
                                           args.train_instances or (2 if on_cpu else 4))
-    measures = [("eval", int(b)) for b in args.eval_batches.split(",")]
+    measures = [("eval", int(b)) for b in args.eval_batches.split(",") if b]
+    steps = {"eval": 1, "train": args.train_steps_per_call}
     if train:
         measures.append(("train", train[0] * train[1]))
     baseline_names = [name for name in args.baselines.split(",") if name]
@@ -307,12 +320,13 @@ def main() -> None:
     instances = train[1] if train else 1
     # Started (built, FLOPs counted) one at a time, before our programs compile.
     baselines = {(kind, clips, name): TorchBaseline(cores, name, kind, clips, instances,
-                                                    torch_device)
+                                                    torch_device, steps[kind])
                  for kind, clips in measures for name in baseline_names}
     ours_names = [ours_name(dtype) for dtype in args.dtypes.split(",")]
     calls = {}  # (kind, clips, who) -> (call, GFLOP)
     for dtype, who in zip(args.dtypes.split(","), ours_names, strict=True):
-        built = build_ours([clips for kind, clips in measures if kind == "eval"], train, dtype)
+        built = build_ours([clips for kind, clips in measures if kind == "eval"], train, dtype,
+                           args.train_steps_per_call)
         calls.update({(kind, clips, who): call for (kind, clips), call in built.items()})
 
     best: dict = {}
@@ -334,7 +348,7 @@ def main() -> None:
     for baseline in baselines.values():
         baseline.close()
 
-    print(f"{'measure':18s} {'who':9s} {'clips/s':>8s} {'s/call':>7s} {'ours/it':>7s} "
+    print(f"{'measure':18s} {'who':9s} {'clips/s':>8s} {'s/batch':>7s} {'ours/it':>7s} "
           f"{'GFLOP':>6s} {'GFLOP/s':>8s} {'%peak':>6s} {'cpu/wall':>8s} {'load':>5s} "
           f"{'peak GiB':>8s}")
     rates: dict = {}
@@ -348,6 +362,8 @@ def main() -> None:
                 # PyTorch baseline of the same network counts it.
                 same_network = "release" if "release" in baseline_names else None
                 gflop = best[(kind, clips, same_network)][2] if same_network else float("nan")
+            wall, cpu = wall / steps[kind], cpu / steps[kind]  # per step
+            gflop /= steps[kind]
             rate = rates[(kind, clips, who)] = clips / wall
             first_ours = rates[(kind, clips, ours_names[0])]
             ratio = f"{first_ours / rate:6.2f}x" if who not in ours_names else ""
