@@ -56,7 +56,6 @@ from psta_jax.clip_preparation import (
 from psta_jax.datasets import preparation
 from psta_jax.errors import ConfigError
 
-AUTOTUNE = tf.data.AUTOTUNE
 REQUIRED_FEATURES = ("frames", "pid", "camid", "tracklet_id")
 
 

@@ -312,6 +312,10 @@ def test_config_from_mapping_rejects_unknown_fields():
         cp.TrainPipelineConfig(sampler="dense")
     with pytest.raises(ValueError, match="sampler must be one of"):
         cp.EvalPipelineConfig(sampler="random_interval")
+    with pytest.raises(TypeError, match="not a dtype: 'float33'"):
+        cp.EvalPipelineConfig(dtype="float33")
+    # clip_preparation names tf.data's AUTOTUNE without importing TensorFlow.
+    assert cp.ImageConfig().num_parallel_calls == tf.data.AUTOTUNE
 
 
 def test_uint8_clips_finished_on_device_match_the_host_path(index_store):
