@@ -171,7 +171,7 @@ def torch_worker(conn, threads: int, model_name: str, kind: str, clips: int, ins
 
 class TorchBaseline:
     """One PyTorch baseline measure (model, kind, clips) in its own child process: its
-    threads never compete with XLA's, and its peak RSS is that measure's alone."""
+    threads never compete with XLA's, and its peak memory is that measure's alone."""
 
     def __init__(self, threads: int, model_name: str, kind: str, clips: int, instances: int,
                  device: str, steps: int = 1):
@@ -296,6 +296,8 @@ def main() -> None:
         xla_cpu.configure_for_cpu_if_needed()  # before JAX starts its backends
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
+    # On a GPU, JAX would otherwise reserve 75% of its memory and starve the PyTorch rows.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
     import jax  # noqa: PLC0415
 
@@ -357,11 +359,11 @@ def main() -> None:
             if (kind, clips, who) not in best:
                 continue
             wall, cpu, gflop, load = best[(kind, clips, who)]
-            if who in ours_names and not on_cpu and baseline_names:
+            if who in ours_names and not on_cpu:
                 # XLA's GPU cost analysis leaves out cuDNN's convolutions: count ours as the
-                # PyTorch baseline of the same network counts it.
-                same_network = "release" if "release" in baseline_names else None
-                gflop = best[(kind, clips, same_network)][2] if same_network else float("nan")
+                # release (the same network) is counted, or not at all.
+                release = best.get((kind, clips, "release"))
+                gflop = release[2] if release else float("nan")
             wall, cpu = wall / steps[kind], cpu / steps[kind]  # per step
             gflop /= steps[kind]
             rate = rates[(kind, clips, who)] = clips / wall
@@ -383,13 +385,13 @@ def main() -> None:
           f"ResNet-50 alone, both float32 on {torch_device}.")
     if not on_cpu:
         print("GFLOP on a GPU: the release's FlopCounterMode count for ours too (XLA's cost "
-              "analysis leaves out cuDNN's convolutions).")
+              "analysis leaves out cuDNN's convolutions); nan where the release did not run.")
     if on_cpu:
         print("peak GiB: peak RSS of the process: ours one process for all our programs "
-              "(compilation included), each PyTorch row its own child process.")
+              "(every dtype, compilation included), each PyTorch row its own child process.")
     else:
-        print("peak GiB: the GPU's peak bytes in use: ours over all our programs (JAX's "
-              "memory_stats), each PyTorch row its own process (max_memory_allocated).")
+        print("peak GiB: the GPU's peak bytes in use: ours over all our programs (every dtype; "
+              "JAX's memory_stats), each PyTorch row its own process (max_memory_allocated).")
 
 
 if __name__ == "__main__":

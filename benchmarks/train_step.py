@@ -135,13 +135,8 @@ def measure(config, dtype: str, num_steps: int, profile_dir: str | None = None) 
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     best = min(times)
-    if profile_dir:
-        with jax.profiler.trace(os.path.join(profile_dir, dtype)):
-            for _ in range(3):
-                state, metrics = step(state, batch)
-            jax.block_until_ready(metrics)
     batch_size = config.batch.identities * config.batch.instances
-    return {
+    result = {
         "dtype": dtype,
         "batch": batch_size,
         "compile_s": compile_s,
@@ -149,11 +144,17 @@ def measure(config, dtype: str, num_steps: int, profile_dir: str | None = None) 
         "step_s": best,
         "median_s": float(np.median(times)),
         "clips_per_s": batch_size / best,
-        "memory": peak_memory(steps_only),
+        "memory": peak_memory(steps_only),  # before the profiler's buffers
         "plan": plan,
         "loss": float(metrics["loss"]),
         "load": os.getloadavg()[0],
     }
+    if profile_dir:
+        with jax.profiler.trace(os.path.join(profile_dir, dtype)):
+            for _ in range(3):
+                state, metrics = step(state, batch)
+            jax.block_until_ready(metrics)
+    return result
 
 
 def _child(config, dtype: str, num_steps: int, profile_dir: str | None, queue) -> None:

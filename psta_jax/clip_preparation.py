@@ -57,7 +57,9 @@ class ImageConfig:
     normalize: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    dtype: Any = "float32"  # a NumPy/JAX dtype or its name: "bfloat16", jnp.bfloat16, ...
+    # A NumPy/JAX dtype or its name ("bfloat16", jnp.bfloat16); the host path also needs
+    # tf.as_dtype to know it (float32, bfloat16, float16 do).
+    dtype: Any = "float32"
     num_parallel_calls: int = AUTOTUNE
     prefetch: int = 2
     # True: the host stops after resizing; ``clips`` are uint8, training batches also carry

@@ -14,9 +14,9 @@
   (no Python per clip) decodes and resizes its T frames, flips, normalises and erases the
   clip; then clips regroup into a batch.
 * Normalised float clips are 4x the bytes of the decoded JPEGs; ``uint8_clips=True`` stops the
-  host after resizing and leaves flip, normalisation and erasing to ``augment.finish_clips``
-  in the jitted step (same result; measured host cost then close to decoding alone, see
-  benchmarks/input_pipeline.py).
+  host after resizing and leaves flip, normalisation and erasing to
+  ``clip_preparation.finish_clips`` in the jitted step (same result; measured host cost then
+  close to decoding alone, see benchmarks/input_pipeline.py).
 
 Training batches follow the release's ``RandomIdentitySampler``: an epoch visits every
 identity once in a random order, K tracklets each (distinct when the identity has at least K,
@@ -283,7 +283,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
         plans = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(plan_of_step)
         keep = ("labels", "camids")
-        if self.config.uint8_clips:  # augment.finish_clips flips and erases on the device
+        if self.config.uint8_clips:  # clip_preparation.finish_clips flips and erases on device
             keep += ("flip", "erase")
         return _clip_dataset(plans, self.store, self.config, b, True, keep)
 
