@@ -1,0 +1,18 @@
+"""The benchmark scripts still run (`make bench`): the train-step one on the demo network."""
+
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+
+def test_train_step_benchmark_runs_and_prints_its_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/train_step.py", "--model=demo", "--steps=1",
+         "--dtypes=float32", f"--profile_dir={tmp_path}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=True)
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("float32")]
+    assert len(rows) == 1, result.stdout + result.stderr
+    assert rows[0][1] == "4" and float(rows[0][5]) > 0  # P=2 x K=2 clips on the CPU, clips/s
+    assert "host peak RSS" in result.stdout
+    assert list(tmp_path.glob("float32/**/*.xplane.pb")), "no profile written"
