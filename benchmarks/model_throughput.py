@@ -53,6 +53,9 @@ import time
 
 from psta_jax import xla_cpu
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step import build_train_step, peak_memory  # noqa: E402 (sibling benchmark)
+
 CLIP_LEN, IMAGE_SIZE, NUM_CLASSES = 8, (256, 128), 625
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BASELINES = ("release", "backbone")
@@ -217,8 +220,6 @@ def build_ours(eval_batches: list[int], train: tuple[int, int] | None, dtype: st
     from psta_jax.models import build_model  # noqa: PLC0415
     from psta_jax.testing import random_model  # noqa: PLC0415
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from train_step import build_train_step  # noqa: PLC0415 (sibling benchmark)
 
     config = config_base.base_config()  # the model and recipe; no dataset (nor TFDS) needed
     config.model.dtype = dtype
@@ -253,14 +254,6 @@ def build_ours(eval_batches: list[int], train: tuple[int, int] | None, dtype: st
         calls[("train", train[0] * train[1])] = (train_call, train_steps * flops / 1e9)
     xla_cpu.release_compilation_memory()  # as psta_jax.train does after compiling
     return calls
-
-
-def device_peak_gib() -> float:
-    """The JAX device's peak bytes in use (GiB), NaN where it keeps no such count (CPU)."""
-    import jax  # noqa: PLC0415
-
-    stats = jax.local_devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use", float("nan")) / 2**30
 
 
 def timed(call) -> tuple[float, float]:
@@ -345,8 +338,8 @@ def main() -> None:
                 key = (kind, clips, who)
                 if round_index and (key not in best or wall < best[key][0]):
                     best[key] = (wall, cpu, gflop, os.getloadavg()[0])
-    ours_peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 if on_cpu
-                 else device_peak_gib())
+    # The process's peak RSS on the CPU, the device's peak bytes in use on a GPU.
+    ours_peak = next(iter(peak_memory(steps_only=False).values()))
     for baseline in baselines.values():
         baseline.close()
 

@@ -343,7 +343,8 @@ def test_device_side_modules_import_no_tensorflow():
     """The jitted steps and what they take from the pipeline (clip_preparation) import no
     TensorFlow, so accelerator hosts can compile and benchmark steps without tf.data."""
     code = ("import sys\n"
-            "from psta_jax import clip_preparation, config_base, optimizer, sharding, steps\n"
+            "from psta_jax import clip_preparation, config_base, optimizer, sharding, steps, "
+            "testing\n"
             "from psta_jax.models import build_model\n"
             "config_base.base_config()\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', "
