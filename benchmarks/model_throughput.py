@@ -220,7 +220,6 @@ def build_ours(eval_batches: list[int], train: tuple[int, int] | None, dtype: st
     from psta_jax.models import build_model  # noqa: PLC0415
     from psta_jax.testing import random_model  # noqa: PLC0415
 
-
     config = config_base.base_config()  # the model and recipe; no dataset (nor TFDS) needed
     config.model.dtype = dtype
     mesh = sharding.make_mesh()
@@ -338,8 +337,8 @@ def main() -> None:
                 key = (kind, clips, who)
                 if round_index and (key not in best or wall < best[key][0]):
                     best[key] = (wall, cpu, gflop, os.getloadavg()[0])
-    # The process's peak RSS on the CPU, the device's peak bytes in use on a GPU.
-    ours_peak = next(iter(peak_memory(steps_only=False).values()))
+    memory = peak_memory(steps_only=False)  # a GPU's peak bytes in use, else the peak RSS
+    ours_peak = memory.get("device peak", memory.get("host peak RSS"))
     for baseline in baselines.values():
         baseline.close()
 
