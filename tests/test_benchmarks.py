@@ -16,3 +16,15 @@ def test_train_step_benchmark_runs_and_prints_its_table(tmp_path):
     assert rows[0][1] == "4" and float(rows[0][5]) > 0  # P=2 x K=2 clips on the CPU, clips/s
     assert "host peak RSS" in result.stdout
     assert list(tmp_path.glob("float32/**/*.xplane.pb")), "no profile written"
+
+
+def test_batch_norm_statistics_benchmark_times_two_different_programs():
+    """It raises if the one-pass switch did not change the traced program."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/batch_norm_statistics.py", "--model=demo", "--baselines=",
+         "--repeats=1", "--steps_per_call=1"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=True)
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+            if line.startswith(("one-pass", "two-pass"))}
+    assert set(rows) == {"one-pass", "two-pass"}, result.stdout + result.stderr
+    assert all(float(row[1]) > 0 for row in rows.values())

@@ -52,15 +52,30 @@ def _normalised_axes(x: jax.Array, group_axes: Sequence[int]) -> tuple[int, ...]
     return axes
 
 
+# Inputs narrower than float32 (bfloat16) take their statistics in one pass; read while
+# tracing. benchmarks/batch_norm_statistics.py turns it off to time the two-pass statistics.
+ONE_PASS_BELOW_FLOAT32 = True
+
+
 def grouped_moments(x: jax.Array, group_axes: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     """Mean and biased variance over every axis but the last and `group_axes`.
 
-    Computed in at least float32 (two passes, as PyTorch). Returns arrays broadcastable
-    against x (kept dims), so each group is normalised with its own statistics.
+    Computed in at least float32. float32 and float64 inputs take two passes, as PyTorch.
+    Narrower inputs take one (one read of x instead of two): the sums of d and d^2 for
+    d = x - x_0, x_0 the group's first value, in float32. The shift keeps the cancellation
+    of E[d^2] - E[d]^2 at the order of float32 rounding, far below bfloat16's own.
+    Returns arrays broadcastable against x (kept dims), so each group is normalised with
+    its own statistics.
     """
     keep = set(_normalised_axes(x, group_axes)) | {x.ndim - 1}
     axes = tuple(a for a in range(x.ndim) if a not in keep)
     xs = x.astype(statistics_dtype(x.dtype))
+    if ONE_PASS_BELOW_FLOAT32 and jnp.finfo(x.dtype).bits < 32:
+        shift = xs[tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))]
+        shifted = xs - shift
+        shifted_mean = jnp.mean(shifted, axes, keepdims=True)
+        shifted_square = jnp.mean(jnp.square(shifted), axes, keepdims=True)
+        return shift + shifted_mean, jnp.maximum(shifted_square - jnp.square(shifted_mean), 0)
     mean = jnp.mean(xs, axes, keepdims=True)
     var = jnp.mean(jnp.square(xs - mean), axes, keepdims=True)
     return mean, var

@@ -89,3 +89,30 @@ def test_batch_normalize_gradient_equals_autodiff(group_axes):
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
     for grad, expected in zip(vjp(cotangents), expected_vjp(cotangents), strict=True):
         np.testing.assert_allclose(grad, expected, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("group_axes", [(), (2, 0)])
+def test_bfloat16_one_pass_moments_equal_exact_moments(group_axes):
+    """bfloat16 inputs take one-pass (shifted) statistics: within float32 rounding of the
+    exact moments of the same bfloat16 values, also for a channel whose mean is 500 times its
+    spread, and never a negative variance."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.0, 1.0, (2, 3, 64, 5, 6)) * rng.uniform(0.01, 5, 6) + np.array(
+        [0.0, 3.0, -40.0, 200.0, 1.0, 0.5])
+    x[..., 3] = 200.0 + 0.4 * rng.normal(size=x.shape[:-1])
+    x[..., 4] = 1.5  # a constant channel: E[x^2] - E[x]^2 would round below 0
+    x = jnp.asarray(x, jnp.bfloat16)
+    exact_mean, exact_var = bn_lib.grouped_moments(x.astype(jnp.float64), group_axes)
+    mean, var = bn_lib.grouped_moments(x, group_axes)
+    assert mean.dtype == var.dtype == jnp.float32
+    np.testing.assert_allclose(mean, exact_mean, rtol=1e-7, atol=1e-6)
+    relative_error = np.abs(np.asarray(var, np.float64) - exact_var) / np.asarray(
+        exact_var + 1e-5)  # what normalisation divides by (BN_EPSILON)
+    assert relative_error.max() < 1e-5, relative_error.max()
+    assert float(var.min()) >= 0.0
+    # float32 inputs keep the two-pass statistics whatever the switch says.
+    x32 = x.astype(jnp.float32)
+    two_pass = jnp.mean(jnp.square(x32 - jnp.mean(x32, (1, 3) if group_axes else (0, 1, 2, 3),
+                                                   keepdims=True)),
+                        (1, 3) if group_axes else (0, 1, 2, 3), keepdims=True)
+    np.testing.assert_array_equal(bn_lib.grouped_moments(x32, group_axes)[1], two_pass)
