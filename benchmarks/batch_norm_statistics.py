@@ -20,12 +20,11 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 from psta_jax import xla_cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_throughput import TorchBaseline  # noqa: E402 (sibling benchmark)
+from model_throughput import TorchBaseline, timed  # noqa: E402 (sibling benchmark)
 from train_step import build_train_step  # noqa: E402
 
 VARIANTS = {"one-pass": True, "two-pass": False}  # name -> ONE_PASS_BELOW_FLOAT32
@@ -94,7 +93,7 @@ def main() -> None:
     release = (TorchBaseline(len(os.sched_getaffinity(0)), "release", "train", clips,
                              config.batch.instances, "cpu" if on_cpu else "cuda",
                              args.steps_per_call) if args.baselines else None)
-    runs = {name: lambda call=call: time_call(call)
+    runs = {name: lambda call=call: timed(call)[0]
             for name, call in build_variants(config, args.steps_per_call).items()}
     if release:
         runs["release"] = lambda: release.run()[0]
@@ -114,12 +113,6 @@ def main() -> None:
         ratio = f"{min(times['release']) / best:9.3f}x" if "release" in times else ""
         print(f"{name:9s} {clips / best:12.1f} {clips / statistics.median(step_times):8.1f} "
               f"{1e3 * best:8.2f} {ratio:>10s}")
-
-
-def time_call(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

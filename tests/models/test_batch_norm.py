@@ -112,7 +112,7 @@ def test_bfloat16_one_pass_moments_equal_exact_moments(group_axes):
     assert float(var.min()) >= 0.0
     # float32 inputs keep the two-pass statistics whatever the switch says.
     x32 = x.astype(jnp.float32)
-    two_pass = jnp.mean(jnp.square(x32 - jnp.mean(x32, (1, 3) if group_axes else (0, 1, 2, 3),
-                                                   keepdims=True)),
-                        (1, 3) if group_axes else (0, 1, 2, 3), keepdims=True)
+    pooled = (1, 3) if group_axes else (0, 1, 2, 3)
+    two_pass = jnp.mean(jnp.square(x32 - jnp.mean(x32, pooled, keepdims=True)), pooled,
+                        keepdims=True)
     np.testing.assert_array_equal(bn_lib.grouped_moments(x32, group_axes)[1], two_pass)
