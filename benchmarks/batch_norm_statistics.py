@@ -25,7 +25,7 @@ from psta_jax import xla_cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_throughput import TorchBaseline, timed  # noqa: E402 (sibling benchmark)
-from train_step import build_train_step  # noqa: E402
+from train_step import benchmark_config, build_train_step  # noqa: E402
 
 VARIANTS = {"one-pass": True, "two-pass": False}  # name -> ONE_PASS_BELOW_FLOAT32
 
@@ -37,6 +37,7 @@ def build_variants(config, steps_per_call: int) -> dict:
     from psta_jax.models import batch_norm  # noqa: PLC0415
 
     calls, programs = {}, {}
+    default = batch_norm.ONE_PASS_BELOW_FLOAT32
     try:
         for name, one_pass in VARIANTS.items():
             batch_norm.ONE_PASS_BELOW_FLOAT32 = one_pass  # read while tracing
@@ -53,7 +54,7 @@ def build_variants(config, steps_per_call: int) -> dict:
 
             calls[name] = call
     finally:
-        batch_norm.ONE_PASS_BELOW_FLOAT32 = True
+        batch_norm.ONE_PASS_BELOW_FLOAT32 = default
     if len(set(programs.values())) != len(programs):
         raise RuntimeError("the one-pass and two-pass programs are the same: the switch in "
                            "psta_jax/models/batch_norm.py was not read while tracing")
@@ -78,13 +79,7 @@ def main() -> None:
 
     import jax  # noqa: PLC0415
 
-    from psta_jax import config_base  # noqa: PLC0415
-
-    config = config_base.base_config()
-    config.batch.identities = args.identities or (2 if on_cpu else 8)
-    config.batch.instances = args.instances or (2 if on_cpu else 4)
-    if args.model == "demo":
-        config.model.update(depth=18, width=16, feature_dim=128, image_size=(64, 32))
+    config = benchmark_config(args.model, args.identities, args.instances, on_cpu)
     clips = config.batch.identities * config.batch.instances
     print(f"bf16 train step, {jax.devices()[0].device_kind}, P={config.batch.identities} x "
           f"K={config.batch.instances}, {args.steps_per_call} steps per wait, "

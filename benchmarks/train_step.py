@@ -24,6 +24,7 @@ import argparse
 import multiprocessing
 import os
 import resource
+import sys
 import time
 
 from psta_jax import xla_cpu
@@ -69,6 +70,24 @@ def build_train_step(config, dtype: str):
     )
     batch_size = config.batch.identities * config.batch.instances
     return step, state, sharding.shard_batch(random_batch(config, batch_size), mesh)
+
+
+def benchmark_config(model: str, identities: int | None, instances: int | None,
+                     on_cpu: bool):
+    """The release's recipe (no dataset, nor TFDS, needed) with the network `model`
+    (release: ResNet-50 at 256x128; demo: configs/demo.py's) and a P x K batch, by default
+    P=2 x K=2 on the CPU and the paper's P=8 x K=4 on accelerators."""
+    from psta_jax import config_base  # noqa: PLC0415 (no JAX backend in this process)
+
+    config = config_base.base_config()
+    config.batch.identities = identities or (2 if on_cpu else 8)
+    config.batch.instances = instances or (2 if on_cpu else 4)
+    if model == "demo":
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from configs import demo  # noqa: PLC0415
+
+        config.model = demo.get_config().model
+    return config
 
 
 def compiled_memory(compiled) -> dict[str, float]:
@@ -192,13 +211,7 @@ def main() -> None:
     args = parser.parse_args()
 
     on_cpu = xla_cpu.will_run_on_cpu()
-    from psta_jax import config_base  # noqa: PLC0415 (no JAX backend in this process)
-
-    config = config_base.base_config()  # the model and recipe; no dataset (nor TFDS) needed
-    config.batch.identities = args.identities or (2 if on_cpu else 8)
-    config.batch.instances = args.instances or (2 if on_cpu else 4)
-    if args.model == "demo":
-        config.model.update(depth=18, width=16, feature_dim=128, image_size=(64, 32))
+    config = benchmark_config(args.model, args.identities, args.instances, on_cpu)
     config.model.remat = args.remat
     print(
         f"PSTA train step, {config.model.image_size[0]}x{config.model.image_size[1]}, "

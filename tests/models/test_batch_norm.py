@@ -110,7 +110,7 @@ def test_bfloat16_one_pass_moments_equal_exact_moments(group_axes):
         exact_var + 1e-5)  # what normalisation divides by (BN_EPSILON)
     assert relative_error.max() < 1e-5, relative_error.max()
     assert float(var.min()) >= 0.0
-    # float32 inputs keep the two-pass statistics whatever the switch says.
+    # float32 inputs keep PyTorch's two-pass statistics, bit for bit.
     x32 = x.astype(jnp.float32)
     pooled = (1, 3) if group_axes else (0, 1, 2, 3)
     two_pass = jnp.mean(jnp.square(x32 - jnp.mean(x32, pooled, keepdims=True)), pooled,
