@@ -208,31 +208,41 @@ def ours_name(dtype: str) -> str:
         "float", "f")
 
 
+def build_embed(config, *batches: int) -> tuple:
+    """(jitted embedding as psta_jax.main evaluates, params, model state, one sharded batch of
+    random uint8 clips per entry of `batches`) for `config.model` with random weights."""
+    import numpy as np  # noqa: PLC0415
+    from flax import nnx  # noqa: PLC0415
+
+    from psta_jax import clip_preparation, sharding, steps  # noqa: PLC0415
+    from psta_jax.models import build_model  # noqa: PLC0415
+    from psta_jax.testing import random_model  # noqa: PLC0415
+
+    mesh = sharding.make_mesh()
+    model = random_model(lambda: build_model(config.model, NUM_CLASSES, nnx.Rngs(0)))
+    graphs, params, model_state = steps.split_model(model)
+    embed = steps.compile_embed(graphs, mesh, clip_preparation.prepare_eval_clips(config))
+    rng = np.random.default_rng(0)
+    shape = (config.model.seq_len, *config.model.image_size, 3)
+    clips = [sharding.shard_batch({"clips": rng.integers(0, 256, (batch, *shape), np.uint8)},
+                                  mesh)["clips"] for batch in batches]
+    return embed, params, model_state, *clips
+
+
 def build_ours(eval_batches: list[int], train: tuple[int, int] | None, dtype: str,
                train_steps: int = 1) -> dict:
     """{(kind, clips): (call, GFLOP per call)} for our eval programs (one per batch) and,
     with `train` = (P, K), `train_steps` train steps per call, computing in `dtype`."""
     import jax  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-    from flax import nnx  # noqa: PLC0415
 
-    from psta_jax import clip_preparation, config_base, sharding, steps  # noqa: PLC0415
-    from psta_jax.models import build_model  # noqa: PLC0415
-    from psta_jax.testing import random_model  # noqa: PLC0415
+    from psta_jax import config_base  # noqa: PLC0415
 
     config = config_base.base_config()  # the model and recipe; no dataset (nor TFDS) needed
     config.model.dtype = dtype
-    mesh = sharding.make_mesh()
     calls = {}
 
-    model = random_model(lambda: build_model(config.model, NUM_CLASSES, nnx.Rngs(0)))
-    graphs, params, model_state = steps.split_model(model)
-    embed = steps.compile_embed(graphs, mesh, clip_preparation.prepare_eval_clips(config))
-    rng = np.random.default_rng(0)
-    for batch in eval_batches:
-        clips = sharding.shard_batch(
-            {"clips": rng.integers(0, 256, (batch, CLIP_LEN, *IMAGE_SIZE, 3), np.uint8)}, mesh
-        )["clips"]
+    embed, params, model_state, *batches = build_embed(config, *eval_batches)
+    for batch, clips in zip(eval_batches, batches, strict=True):
         compiled = embed.lower(params, model_state, clips).compile()
         calls[("eval", batch)] = (
             lambda clips=clips, fn=compiled: jax.block_until_ready(fn(params, model_state, clips)),

@@ -28,3 +28,32 @@ def test_batch_norm_statistics_benchmark_times_two_different_programs():
             if line.startswith(("one-pass", "two-pass"))}
     assert set(rows) == {"one-pass", "two-pass"}, result.stdout + result.stderr
     assert all(float(row[1]) > 0 for row in rows.values())
+
+
+def _xla_options(*variants: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "benchmarks/xla_options.py", "--model=demo", "--program=eval",
+         "--eval_batch=2", "--repeats=1", *(f"--variant={v}" for v in variants)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_xla_options_benchmark_times_each_variant_beside_base():
+    result = _xla_options("default-scheduler:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+            if line.startswith(("base ", "default-scheduler "))}
+    assert set(rows) == {"base", "default-scheduler"}, result.stdout
+    assert all(float(row[1]) > 0 for row in rows.values())  # clips/s
+    assert rows["base"][4] == "1.000x" and float(rows["default-scheduler"][5]) == 0.0
+
+
+def test_xla_options_benchmark_drops_options_that_change_nothing_or_do_not_exist():
+    """The process's own scheduler, asked for again, compiles to base's program; an unknown
+    value is refused by XLA. Neither is timed, and with nothing left the script fails."""
+    same = "same:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+    unknown = "unknown:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_FASTEST"
+    result = _xla_options(same, unknown)
+    assert result.returncode != 0
+    assert "dropped same: compiled to base's program" in result.stdout
+    assert "dropped unknown: did not compile" in result.stdout
+    assert "no variant left to compare with base: same, unknown dropped" in result.stderr

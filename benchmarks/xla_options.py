@@ -1,0 +1,182 @@
+"""One PSTA program compiled with several sets of XLA options, timed interleaved in one
+process.
+
+    python benchmarks/xla_options.py [--program=train|eval] [--dtype=float32]
+        [--variant='NAME:OPTION=VALUE[;OPTION=VALUE...]' ...] [--repeats=8]
+        [--steps_per_call=1] [--identities=P --instances=K] [--eval_batch=1]
+        [--model=release|demo]
+
+    e.g. --variant='default-scheduler:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT'
+
+The options are XLA's `DebugOptions` fields, the names XLA_FLAGS takes without their `--`
+(values: true/false, numbers, enum values spelt in full, lists comma-separated). Each
+variant is the same lowered program compiled with them (`Lowered.compile(compiler_options=
+...)`) on top of the process's XLA_FLAGS (psta_jax.xla_cpu's on the CPU); `base` compiles
+with none. So every variant runs in one process, interleaved round by round, each round in
+a rotated order. On a shared machine, whose speed here drifts by 10-30% from one process to
+the next, only such a comparison resolves effects of a few percent; the column to read is
+the median over rounds of each round's time against base's in the same round.
+
+Programs: `train`, the step psta_jax.main runs (`benchmarks/train_step.py`'s; each variant
+steps its own copy of the state, --steps_per_call steps per wait), P=2 x K=2 on the CPU and
+P=8 x K=4 on accelerators by default; `eval`, the jitted embedding of --eval_batch uint8
+clips (`model_throughput.py`'s). A variant whose options XLA refuses, or whose optimised
+program is base's (the options did nothing), is reported and dropped, so one misspelt option
+does not waste a run on a lent accelerator; with none left the script fails. Printed beside
+the times: how far each variant's outputs (train: the first step's loss; eval: the
+embeddings) are from base's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+from psta_jax import xla_cpu
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_throughput import build_embed, timed  # noqa: E402 (sibling benchmarks)
+from train_step import benchmark_config, build_train_step  # noqa: E402
+
+BASE = "base"
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """'NAME:OPTION=VALUE;OPTION=VALUE' -> (NAME, {OPTION: VALUE})."""
+    name, sep, options = text.partition(":")
+    pairs = [item.partition("=") for item in options.split(";") if item]
+    if not sep or not name or name == BASE or not pairs or any(
+            not key or not eq for key, eq, _ in pairs):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME:OPTION=VALUE[;OPTION=VALUE...] with NAME other than {BASE!r}, "
+            f"got {text!r}")
+    return name, {key.strip().removeprefix("--"): option_value(value) for key, _, value in pairs}
+
+
+def option_value(text: str) -> bool | int | float | str:
+    """An XLA option's value as `compiler_options` takes it: true/false as bool, numbers as
+    numbers, anything else (enum values, lists) as text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def build_calls(program: str, config, dtype: str, variants: dict[str, dict[str, str]],
+                steps_per_call: int, eval_batch: int) -> tuple[dict, dict, dict]:
+    """({variant: call}, {variant: output to compare}, {dropped variant: why}): `program`
+    lowered once, compiled per variant, base first. A variant whose options XLA refuses, or
+    whose optimised program is base's, is dropped rather than timed."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    if program == "train":
+        step, state, batch = build_train_step(config, dtype)
+        lowered, args = step.lower(state, batch), (state, batch)
+    else:
+        embed, params, model_state, clips = build_embed(config, eval_batch)
+        lowered, args = embed.lower(params, model_state, clips), (params, model_state, clips)
+    calls, outputs, texts, dropped = {}, {}, {}, {}
+    for name, options in {BASE: {}, **variants}.items():
+        try:
+            compiled = lowered.compile(compiler_options=options or None)
+        except jax.errors.JaxRuntimeError as error:  # XLA refused an option
+            if name == BASE:
+                raise
+            dropped[name] = f"did not compile: {str(error).splitlines()[0]}"
+            continue
+        texts[name] = compiled.as_text()
+        if name != BASE and texts[name] == texts[BASE]:
+            dropped[name] = ("compiled to base's program: its options changed nothing "
+                             "(misspelt, or not read by this backend)")
+            continue
+        if program == "train":
+            carry = [jax.tree.map(jnp.copy, args[0])]  # the step donates its state
+
+            def call(compiled=compiled, carry=carry):
+                for _ in range(steps_per_call):
+                    carry[0], metrics = compiled(carry[0], args[1])
+                return jax.block_until_ready(metrics)
+
+            outputs[name] = np.asarray(call()["loss"])
+        else:
+
+            def call(compiled=compiled):
+                return jax.block_until_ready(compiled(*args))
+
+            outputs[name] = np.asarray(call())
+        calls[name] = call
+    return calls, outputs, dropped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--program", choices=("train", "eval"), default="train")
+    parser.add_argument("--dtype", default="float32", help="compute dtype (float32, bfloat16)")
+    parser.add_argument("--variant", action="append", type=parse_variant, default=[],
+                        help="NAME:OPTION=VALUE[;OPTION=VALUE...] (repeatable)")
+    parser.add_argument("--repeats", type=int, default=8, help="interleaved timed rounds")
+    parser.add_argument("--steps_per_call", type=int, default=1, help="train steps per wait")
+    parser.add_argument("--identities", type=int, default=None)
+    parser.add_argument("--instances", type=int, default=None)
+    parser.add_argument("--eval_batch", type=int, default=1, help="clips per eval call")
+    parser.add_argument("--model", choices=("release", "demo"), default="release",
+                        help="release: ResNet-50 at 256x128; demo: configs/demo.py's network")
+    args = parser.parse_args()
+    variants = dict(args.variant)
+    if not variants:
+        parser.error("give at least one --variant to compare with base")
+    if len(variants) != len(args.variant):
+        parser.error("--variant names must differ")
+    on_cpu = xla_cpu.will_run_on_cpu()
+    xla_cpu.configure_for_cpu_if_needed()  # before JAX starts its backends
+
+    import jax  # noqa: PLC0415
+
+    # A program loaded from JAX's persistent cache prints otherwise than a fresh one, which
+    # would hide an option that changed nothing.
+    jax.config.update("jax_enable_compilation_cache", False)
+    config = benchmark_config(args.model, args.identities, args.instances, on_cpu)
+    clips = (config.batch.identities * config.batch.instances if args.program == "train"
+             else args.eval_batch)
+    steps = args.steps_per_call if args.program == "train" else 1
+    print(f"{args.program} ({clips} clips, {args.dtype}) on {jax.devices()[0].device_kind}, "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load {os.getloadavg()[0]:.1f}")
+    calls, outputs, dropped = build_calls(args.program, config, args.dtype, variants,
+                                          args.steps_per_call, args.eval_batch)
+    for name, why in dropped.items():
+        print(f"dropped {name}: {why}")
+    if len(calls) == 1:
+        sys.exit(f"error: no variant left to compare with base: {', '.join(dropped)} dropped")
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for round_index in range(args.repeats + 1):  # round 0 warms up and is dropped
+        # Each round starts one variant later, so no variant always runs first or after the
+        # same neighbour.
+        for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+            wall = timed(calls[name])[0] / steps
+            if round_index:
+                times[name].append(wall)
+
+    print(f"{'variant':20s} {'clips/s':>8s} {'best ms':>9s} {'median ms':>9s} "
+          f"{'base/it':>8s} {'max|out-base|':>13s}  options")
+    for name, walls in times.items():
+        per_round = [b / w for b, w in zip(times[BASE], walls, strict=True)]
+        difference = float(abs(outputs[name] - outputs[BASE]).max())
+        options = ";".join(f"{k}={v}" for k, v in variants.get(name, {}).items())
+        print(f"{name:20s} {clips / min(walls):8.3f} {1e3 * min(walls):9.1f} "
+              f"{1e3 * statistics.median(walls):9.1f} {statistics.median(per_round):7.3f}x "
+              f"{difference:13.3g}  {options}")
+    print("base/it: the median over rounds of base's time over this variant's in the same "
+          "round (> 1: the variant is faster).")
+
+
+if __name__ == "__main__":
+    main()
