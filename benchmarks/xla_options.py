@@ -41,9 +41,10 @@ from model_throughput import build_embed, timed  # noqa: E402 (sibling benchmark
 from train_step import benchmark_config, build_train_step  # noqa: E402
 
 BASE = "base"
+Option = bool | int | float | str  # an XLA option's value
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+def parse_variant(text: str) -> tuple[str, dict[str, Option]]:
     """'NAME:OPTION=VALUE;OPTION=VALUE' -> (NAME, {OPTION: VALUE})."""
     name, sep, options = text.partition(":")
     pairs = [item.partition("=") for item in options.split(";") if item]
@@ -55,7 +56,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     return name, {key.strip().removeprefix("--"): option_value(value) for key, _, value in pairs}
 
 
-def option_value(text: str) -> bool | int | float | str:
+def option_value(text: str) -> Option:
     """An XLA option's value as `compiler_options` takes it: true/false as bool, numbers as
     numbers, anything else (enum values, lists) as text."""
     if text.lower() in ("true", "false"):
@@ -68,7 +69,7 @@ def option_value(text: str) -> bool | int | float | str:
     return text
 
 
-def build_calls(program: str, config, dtype: str, variants: dict[str, dict[str, str]],
+def build_calls(program: str, config, dtype: str, variants: dict[str, dict[str, Option]],
                 steps_per_call: int, eval_batch: int) -> tuple[dict, dict, dict]:
     """({variant: call}, {variant: output to compare}, {dropped variant: why}): `program`
     lowered once, compiled per variant, base first. A variant whose options XLA refuses, or
@@ -158,8 +159,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)
     for round_index in range(args.repeats + 1):  # round 0 warms up and is dropped
-        # Each round starts one variant later, so no variant always runs first or after the
-        # same neighbour.
+        # Each round starts one variant later, so no variant always runs first.
         for name in names[round_index % len(names):] + names[:round_index % len(names)]:
             wall = timed(calls[name])[0] / steps
             if round_index:
