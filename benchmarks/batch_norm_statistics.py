@@ -25,15 +25,13 @@ from psta_jax import xla_cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_throughput import TorchBaseline, timed  # noqa: E402 (sibling benchmark)
-from train_step import benchmark_config, build_train_step  # noqa: E402
+from train_step import benchmark_config, build_train_step, steps_call  # noqa: E402
 
 VARIANTS = {"one-pass": True, "two-pass": False}  # name -> ONE_PASS_BELOW_FLOAT32
 
 
 def build_variants(config, steps_per_call: int) -> dict:
     """{variant: call running `steps_per_call` bf16 train steps and waiting for the last}."""
-    import jax  # noqa: PLC0415
-
     from psta_jax.models import batch_norm  # noqa: PLC0415
 
     calls, programs = {}, {}
@@ -44,15 +42,7 @@ def build_variants(config, steps_per_call: int) -> dict:
             step, state, batch = build_train_step(config, "bfloat16")
             lowered = step.lower(state, batch)
             programs[name] = lowered.as_text()
-            compiled = lowered.compile()
-            carry = [state]
-
-            def call(compiled=compiled, carry=carry, batch=batch):
-                for _ in range(steps_per_call):
-                    carry[0], metrics = compiled(carry[0], batch)
-                jax.block_until_ready(metrics)
-
-            calls[name] = call
+            calls[name] = steps_call(lowered.compile(), state, batch, steps_per_call)
     finally:
         batch_norm.ONE_PASS_BELOW_FLOAT32 = default
     if len(set(programs.values())) != len(programs):

@@ -54,7 +54,7 @@ import time
 from psta_jax import xla_cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import build_train_step, peak_memory  # noqa: E402 (sibling benchmark)
+from train_step import build_train_step, peak_memory, steps_call  # noqa: E402 (sibling)
 
 CLIP_LEN, IMAGE_SIZE, NUM_CLASSES = 8, (256, 128), 625
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -253,14 +253,8 @@ def build_ours(eval_batches: list[int], train: tuple[int, int] | None, dtype: st
         step, state, batch = build_train_step(config, dtype)
         step = step.lower(state, batch).compile()
         flops = step.cost_analysis()["flops"]
-        carry = [state]
-
-        def train_call():
-            for _ in range(train_steps):
-                carry[0], metrics = step(carry[0], batch)
-            jax.block_until_ready(metrics)
-
-        calls[("train", train[0] * train[1])] = (train_call, train_steps * flops / 1e9)
+        calls[("train", train[0] * train[1])] = (steps_call(step, state, batch, train_steps),
+                                                 train_steps * flops / 1e9)
     xla_cpu.release_compilation_memory()  # as psta_jax.train does after compiling
     return calls
 

@@ -72,6 +72,21 @@ def build_train_step(config, dtype: str):
     return step, state, sharding.shard_batch(random_batch(config, batch_size), mesh)
 
 
+def steps_call(step, state, batch, steps_per_call: int):
+    """A call that runs `steps_per_call` steps of `step` on `batch` and waits for the last,
+    returning its metrics. The state carries over from call to call (the step donates it)."""
+    import jax  # noqa: PLC0415
+
+    carry = [state]
+
+    def call() -> dict:
+        for _ in range(steps_per_call):
+            carry[0], metrics = step(carry[0], batch)
+        return jax.block_until_ready(metrics)
+
+    return call
+
+
 def benchmark_config(model: str, identities: int | None, instances: int | None,
                      on_cpu: bool):
     """The release's recipe (no dataset, nor TFDS, needed) with the network `model`

@@ -38,7 +38,7 @@ from psta_jax import xla_cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_throughput import build_embed, timed  # noqa: E402 (sibling benchmarks)
-from train_step import benchmark_config, build_train_step  # noqa: E402
+from train_step import benchmark_config, build_train_step, steps_call  # noqa: E402
 
 BASE = "base"
 Option = bool | int | float | str  # an XLA option's value
@@ -99,13 +99,9 @@ def build_calls(program: str, config, dtype: str, variants: dict[str, dict[str, 
                              "(misspelt, or not read by this backend)")
             continue
         if program == "train":
-            carry = [jax.tree.map(jnp.copy, args[0])]  # the step donates its state
-
-            def call(compiled=compiled, carry=carry):
-                for _ in range(steps_per_call):
-                    carry[0], metrics = compiled(carry[0], args[1])
-                return jax.block_until_ready(metrics)
-
+            # Each variant steps its own copy: the step donates its state.
+            call = steps_call(compiled, jax.tree.map(jnp.copy, args[0]), args[1],
+                              steps_per_call)
             outputs[name] = np.asarray(call()["loss"])
         else:
 
