@@ -4,7 +4,7 @@ process.
     python benchmarks/xla_options.py [--program=train|eval] [--dtype=float32]
         [--variant='NAME:OPTION=VALUE[;OPTION=VALUE...]' ...] [--repeats=8]
         [--steps_per_call=1] [--identities=P --instances=K] [--eval_batch=1]
-        [--model=release|demo]
+        [--model=release|demo] [--baseline=release] [--hlo_dir=DIR]
 
     e.g. --variant='default-scheduler:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT'
 
@@ -20,11 +20,18 @@ the median over rounds of each round's time against base's in the same round.
 Programs: `train`, the step psta_jax.main runs (`benchmarks/train_step.py`'s; each variant
 steps its own copy of the state, --steps_per_call steps per wait), P=2 x K=2 on the CPU and
 P=8 x K=4 on accelerators by default; `eval`, the jitted embedding of --eval_batch uint8
-clips (`model_throughput.py`'s). A variant whose options XLA refuses, or whose optimised
-program is base's (the options did nothing), is reported and dropped, so one misspelt option
-does not waste a run on a lent accelerator; with none left the script fails. Printed beside
-the times: how far each variant's outputs (train: the first step's loss; eval: the
-embeddings) are from base's.
+clips (`model_throughput.py`'s). A variant whose options XLA refuses (a misspelt name, an
+unknown value) is reported and dropped before anything is timed, so it does not waste a run
+on a lent accelerator; with none left the script fails. A variant whose optimised HLO is
+base's is timed all the same and marked `same HLO`: its options did nothing, or act below
+the HLO (GPU command buffers are built from thunks, code generation), which only the times
+tell. Printed beside the times: how far each variant's outputs (train: the first step's
+loss; eval: the embeddings) are from base's.
+
+With --baseline=release the authors' PyTorch release (float32, `model_throughput.py`'s
+baseline, in its own child process, on this machine's GPU when JAX runs on one) takes its
+turn in every round on the same clips, and each variant's median per-round speed over the
+release's is printed too: the headline ratio, option by option.
 """
 
 from __future__ import annotations
@@ -33,14 +40,15 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 from psta_jax import xla_cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_throughput import build_embed, timed  # noqa: E402 (sibling benchmarks)
+from model_throughput import TorchBaseline, build_embed, timed  # noqa: E402 (siblings)
 from train_step import benchmark_config, build_train_step, steps_call  # noqa: E402
 
-BASE = "base"
+BASE, RELEASE = "base", "release"
 Option = bool | int | float | str  # an XLA option's value
 
 
@@ -48,11 +56,11 @@ def parse_variant(text: str) -> tuple[str, dict[str, Option]]:
     """'NAME:OPTION=VALUE;OPTION=VALUE' -> (NAME, {OPTION: VALUE})."""
     name, sep, options = text.partition(":")
     pairs = [item.partition("=") for item in options.split(";") if item]
-    if not sep or not name or name == BASE or not pairs or any(
+    if not sep or not name or name in (BASE, RELEASE) or not pairs or any(
             not key or not eq for key, eq, _ in pairs):
         raise argparse.ArgumentTypeError(
-            f"expected NAME:OPTION=VALUE[;OPTION=VALUE...] with NAME other than {BASE!r}, "
-            f"got {text!r}")
+            f"expected NAME:OPTION=VALUE[;OPTION=VALUE...] with NAME other than {BASE!r} and "
+            f"{RELEASE!r}, got {text!r}")
     return name, {key.strip().removeprefix("--"): option_value(value) for key, _, value in pairs}
 
 
@@ -70,10 +78,12 @@ def option_value(text: str) -> Option:
 
 
 def build_calls(program: str, config, dtype: str, variants: dict[str, dict[str, Option]],
-                steps_per_call: int, eval_batch: int) -> tuple[dict, dict, dict]:
-    """({variant: call}, {variant: output to compare}, {dropped variant: why}): `program`
-    lowered once, compiled per variant, base first. A variant whose options XLA refuses, or
-    whose optimised program is base's, is dropped rather than timed."""
+                steps_per_call: int, eval_batch: int,
+                hlo_dir: str | None = None) -> tuple[dict, dict, dict, set]:
+    """({variant: call}, {variant: output to compare}, {dropped variant: why}, {variants
+    whose optimised HLO is base's}): `program` lowered once, compiled per variant, base
+    first. A variant whose options XLA refuses is dropped rather than timed. With `hlo_dir`,
+    each compiled variant's optimised HLO is written there as NAME.hlo.txt."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
@@ -84,8 +94,9 @@ def build_calls(program: str, config, dtype: str, variants: dict[str, dict[str, 
     else:
         embed, params, model_state, clips = build_embed(config, eval_batch)
         lowered, args = embed.lower(params, model_state, clips), (params, model_state, clips)
-    calls, outputs, texts, dropped = {}, {}, {}, {}
+    calls, outputs, texts, dropped, same_hlo = {}, {}, {}, {}, set()
     for name, options in {BASE: {}, **variants}.items():
+        start = time.perf_counter()
         try:
             compiled = lowered.compile(compiler_options=options or None)
         except jax.errors.JaxRuntimeError as error:  # XLA refused an option
@@ -93,11 +104,14 @@ def build_calls(program: str, config, dtype: str, variants: dict[str, dict[str, 
                 raise
             dropped[name] = f"did not compile: {str(error).splitlines()[0]}"
             continue
+        print(f"compiled {name} in {time.perf_counter() - start:.0f} s", flush=True)
         texts[name] = compiled.as_text()
+        if hlo_dir:
+            os.makedirs(hlo_dir, exist_ok=True)
+            with open(os.path.join(hlo_dir, f"{name}.hlo.txt"), "w") as f:
+                f.write(texts[name])
         if name != BASE and texts[name] == texts[BASE]:
-            dropped[name] = ("compiled to base's program: its options changed nothing "
-                             "(misspelt, or not read by this backend)")
-            continue
+            same_hlo.add(name)
         if program == "train":
             # Each variant steps its own copy: the step donates its state.
             call = steps_call(compiled, jax.tree.map(jnp.copy, args[0]), args[1],
@@ -110,7 +124,7 @@ def build_calls(program: str, config, dtype: str, variants: dict[str, dict[str, 
 
             outputs[name] = np.asarray(call())
         calls[name] = call
-    return calls, outputs, dropped
+    return calls, outputs, dropped, same_hlo
 
 
 def main() -> None:
@@ -126,12 +140,21 @@ def main() -> None:
     parser.add_argument("--eval_batch", type=int, default=1, help="clips per eval call")
     parser.add_argument("--model", choices=("release", "demo"), default="release",
                         help="release: ResNet-50 at 256x128; demo: configs/demo.py's network")
+    parser.add_argument("--hlo_dir", default=None,
+                        help="write each variant's optimised HLO to DIR/NAME.hlo.txt")
+    parser.add_argument("--baseline", choices=(RELEASE,), default=None,
+                        help="also time the authors' PyTorch release in every round "
+                             "(--model=release only)")
     args = parser.parse_args()
     variants = dict(args.variant)
     if not variants:
         parser.error("give at least one --variant to compare with base")
     if len(variants) != len(args.variant):
         parser.error("--variant names must differ")
+    if args.baseline and args.model != "release":
+        parser.error("--baseline=release compares the release's network: use --model=release")
+    # On a GPU, JAX would otherwise reserve 75% of its memory and starve the release.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     on_cpu = xla_cpu.will_run_on_cpu()
     xla_cpu.configure_for_cpu_if_needed()  # before JAX starts its backends
 
@@ -146,32 +169,55 @@ def main() -> None:
     steps = args.steps_per_call if args.program == "train" else 1
     print(f"{args.program} ({clips} clips, {args.dtype}) on {jax.devices()[0].device_kind}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load {os.getloadavg()[0]:.1f}")
-    calls, outputs, dropped = build_calls(args.program, config, args.dtype, variants,
-                                          args.steps_per_call, args.eval_batch)
+    release = None
+    if args.baseline:  # started (built, FLOPs counted) before our programs compile
+        release = TorchBaseline(len(os.sched_getaffinity(0)), RELEASE, args.program, clips,
+                                config.batch.instances if args.program == "train" else 1,
+                                "cpu" if on_cpu else "cuda", steps)
+    calls, outputs, dropped, same_hlo = build_calls(args.program, config, args.dtype, variants,
+                                          args.steps_per_call, args.eval_batch, args.hlo_dir)
     for name, why in dropped.items():
         print(f"dropped {name}: {why}")
     if len(calls) == 1:
         sys.exit(f"error: no variant left to compare with base: {', '.join(dropped)} dropped")
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    names = list(calls)
+    measures = {name: lambda call=call: timed(call)[0] for name, call in calls.items()}
+    if release:
+        measures[RELEASE] = lambda: release.run()[0]  # timed in its own process
+    times: dict[str, list[float]] = {name: [] for name in measures}
+    names = list(measures)
     for round_index in range(args.repeats + 1):  # round 0 warms up and is dropped
         # Each round starts one variant later, so no variant always runs first.
         for name in names[round_index % len(names):] + names[:round_index % len(names)]:
-            wall = timed(calls[name])[0] / steps
+            wall = measures[name]() / steps
             if round_index:
                 times[name].append(wall)
+    if release:
+        release.close()
+
+    def median_ratio(numerator: str, denominator: str) -> float:
+        return statistics.median(
+            n / d for n, d in zip(times[numerator], times[denominator], strict=True))
 
     print(f"{'variant':20s} {'clips/s':>8s} {'best ms':>9s} {'median ms':>9s} "
-          f"{'base/it':>8s} {'max|out-base|':>13s}  options")
+          f"{'base/it':>8s}{' it/release' if release else ''} {'max|out-base|':>13s}  options")
     for name, walls in times.items():
-        per_round = [b / w for b, w in zip(times[BASE], walls, strict=True)]
-        difference = float(abs(outputs[name] - outputs[BASE]).max())
+        difference = (f"{float(abs(outputs[name] - outputs[BASE]).max()):13.3g}"
+                      if name in outputs else f"{'':13s}")
+        versus_release = f" {median_ratio(RELEASE, name):9.3f}x" if release else ""
         options = ";".join(f"{k}={v}" for k, v in variants.get(name, {}).items())
+        if name in same_hlo:
+            options += " (same HLO)"
+        if name == RELEASE:
+            options = "the authors' PyTorch release, float32"
         print(f"{name:20s} {clips / min(walls):8.3f} {1e3 * min(walls):9.1f} "
-              f"{1e3 * statistics.median(walls):9.1f} {statistics.median(per_round):7.3f}x "
-              f"{difference:13.3g}  {options}")
+              f"{1e3 * statistics.median(walls):9.1f} {median_ratio(BASE, name):7.3f}x"
+              f"{versus_release} {difference}  {options}")
     print("base/it: the median over rounds of base's time over this variant's in the same "
-          "round (> 1: the variant is faster).")
+          "round (> 1: the variant is faster)."
+          + (" it/release: the same against the release's (> 1: faster than the release)."
+             if release else "")
+          + (" same HLO: the variant's optimised HLO is base's (its options did nothing, or "
+             "act below the HLO)." if same_hlo else ""))
 
 
 if __name__ == "__main__":

@@ -31,9 +31,11 @@ def test_batch_norm_statistics_benchmark_times_two_different_programs():
 
 
 def _xla_options(*variants: str) -> subprocess.CompletedProcess:
+    """xla_options.py on the demo network's eval; arguments starting with -- pass as they are."""
     return subprocess.run(
         [sys.executable, "benchmarks/xla_options.py", "--model=demo", "--program=eval",
-         "--eval_batch=2", "--repeats=1", *(f"--variant={v}" for v in variants)],
+         "--eval_batch=2", "--repeats=1",
+         *(v if v.startswith("--") else f"--variant={v}" for v in variants)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -47,13 +49,32 @@ def test_xla_options_benchmark_times_each_variant_beside_base():
     assert rows["base"][4] == "1.000x" and float(rows["default-scheduler"][5]) == 0.0
 
 
-def test_xla_options_benchmark_drops_options_that_change_nothing_or_do_not_exist():
-    """The process's own scheduler, asked for again, compiles to base's program; an unknown
-    value is refused by XLA. Neither is timed, and with nothing left the script fails."""
+def test_xla_options_benchmark_drops_refused_options_and_marks_ones_with_base_hlo():
+    """An unknown option value is refused by XLA and dropped before timing; the process's own
+    scheduler, asked for again, compiles to base's HLO and is timed with a mark, since options
+    can act below the HLO (e.g. GPU command buffers)."""
     same = "same:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
     unknown = "unknown:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_FASTEST"
     result = _xla_options(same, unknown)
-    assert result.returncode != 0
-    assert "dropped same: compiled to base's program" in result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
     assert "dropped unknown: did not compile" in result.stdout
-    assert "no variant left to compare with base: same, unknown dropped" in result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()
+            if line.startswith(("base ", "same ", "unknown "))}
+    assert set(rows) == {"base", "same"}, result.stdout
+    assert rows["same"].endswith("(same HLO)") and "(same HLO)" not in rows["base"]
+
+
+def test_xla_options_benchmark_fails_when_every_variant_is_refused():
+    result = _xla_options("unknown:xla_no_such_option=true")
+    assert result.returncode != 0
+    assert "No such compile option: 'xla_no_such_option'" in result.stdout
+    assert "no variant left to compare with base: unknown dropped" in result.stderr
+
+
+def test_xla_options_benchmark_compares_with_the_release_on_its_network_only():
+    """The release baseline runs the release's network, so it is refused beside the demo's."""
+    result = _xla_options("same:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+                          "--baseline=release")
+    assert result.returncode == 2
+    assert "--baseline=release compares the release's network: use --model=release" in (
+        result.stderr)
