@@ -1,21 +1,26 @@
-"""One PSTA program compiled with several sets of XLA options, timed interleaved in one
-process.
+"""One PSTA program compiled with several sets of XLA options, or built with some config
+fields changed, timed interleaved in one process.
 
     python benchmarks/xla_options.py [--program=train|eval] [--dtype=float32]
-        [--variant='NAME:OPTION=VALUE[;OPTION=VALUE...]' ...] [--repeats=8]
+        [--variant='NAME:OPTION=VALUE[;OPTION=VALUE...]' ...]
+        [--config_variant='NAME:FIELD=VALUE[;FIELD=VALUE...]' ...] [--repeats=8]
         [--steps_per_call=1] [--identities=P --instances=K] [--eval_batch=1]
         [--model=release|demo] [--baseline=release] [--hlo_dir=DIR]
 
     e.g. --variant='default-scheduler:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT'
+         --config_variant='one-stage:model.num_stages=1'
 
 The options are XLA's `DebugOptions` fields, the names XLA_FLAGS takes without their `--`
 (values: true/false, numbers, enum values spelt in full, lists comma-separated). Each
 variant is the same lowered program compiled with them (`Lowered.compile(compiler_options=
 ...)`) on top of the process's XLA_FLAGS (psta_jax.xla_cpu's on the CPU); `base` compiles
-with none. So every variant runs in one process, interleaved round by round, each round in
-a rotated order. On a shared machine, whose speed here drifts by 10-30% from one process to
-the next, only such a comparison resolves effects of a few percent; the column to read is
-the median over rounds of each round's time against base's in the same round.
+with none. A --config_variant is the program built again from the config with those fields
+changed (dotted names, as --config.FIELD takes them; e.g. an ablation's model fields) and
+compiled as base is: what a change to the model or the recipe costs. Every variant runs in
+one process, interleaved round by round, each round in a rotated order. On a shared machine,
+whose speed here drifts by 10-30% from one process to the next, only such a comparison
+resolves effects of a few percent; the column to read is the median over rounds of each
+round's time against base's in the same round.
 
 Programs: `train`, the step psta_jax.main runs (`benchmarks/train_step.py`'s; each variant
 steps its own copy of the state, --steps_per_call steps per wait), P=2 x K=2 on the CPU and
@@ -52,16 +57,40 @@ BASE, RELEASE = "base", "release"
 Option = bool | int | float | str  # an XLA option's value
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, Option]]:
-    """'NAME:OPTION=VALUE;OPTION=VALUE' -> (NAME, {OPTION: VALUE})."""
+def parse_variant(text: str, what: str = "OPTION") -> tuple[str, dict[str, Option]]:
+    """'NAME:KEY=VALUE;KEY=VALUE' -> (NAME, {KEY: VALUE}); `what` names the keys in errors."""
     name, sep, options = text.partition(":")
     pairs = [item.partition("=") for item in options.split(";") if item]
     if not sep or not name or name in (BASE, RELEASE) or not pairs or any(
             not key or not eq for key, eq, _ in pairs):
         raise argparse.ArgumentTypeError(
-            f"expected NAME:OPTION=VALUE[;OPTION=VALUE...] with NAME other than {BASE!r} and "
+            f"expected NAME:{what}=VALUE[;{what}=VALUE...] with NAME other than {BASE!r} and "
             f"{RELEASE!r}, got {text!r}")
     return name, {key.strip().removeprefix("--"): option_value(value) for key, _, value in pairs}
+
+
+def parse_config_variant(text: str) -> tuple[str, dict[str, Option]]:
+    return parse_variant(text, "FIELD")
+
+
+def with_fields(config, fields: dict[str, Option]):
+    """A copy of `config` with dotted `fields` set; ValueError naming the field otherwise."""
+    config = config.copy_and_resolve_references()
+    for field, value in fields.items():
+        *parents, leaf = field.split(".")
+        node = config
+        try:
+            for parent in parents:
+                node = node[parent]
+            if leaf not in node:
+                raise KeyError(leaf)
+        except (KeyError, TypeError):
+            raise ValueError(f"config field {field}: the config has no such field") from None
+        try:
+            node[leaf] = value
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"config field {field}={value!r}: {error}") from None
+    return config
 
 
 def option_value(text: str) -> Option:
@@ -77,25 +106,35 @@ def option_value(text: str) -> Option:
     return text
 
 
-def build_calls(program: str, config, dtype: str, variants: dict[str, dict[str, Option]],
-                steps_per_call: int, eval_batch: int,
-                hlo_dir: str | None = None) -> tuple[dict, dict, dict, set]:
+def lower_program(program: str, config, eval_batch: int) -> tuple:
+    """(lowered program, its arguments): the train step on a P x K batch, or the embedding
+    of `eval_batch` clips, computing in config.model.dtype."""
+    if program == "train":
+        step, state, batch = build_train_step(config, config.model.dtype)
+        return step.lower(state, batch), (state, batch)
+    embed, params, model_state, clips = build_embed(config, eval_batch)
+    return embed.lower(params, model_state, clips), (params, model_state, clips)
+
+
+def build_calls(program: str, config, variants: dict[str, dict[str, Option]],
+                config_variants: dict[str, dict[str, Option]], steps_per_call: int,
+                eval_batch: int, hlo_dir: str | None = None) -> tuple[dict, dict, dict, set]:
     """({variant: call}, {variant: output to compare}, {dropped variant: why}, {variants
-    whose optimised HLO is base's}): `program` lowered once, compiled per variant, base
-    first. A variant whose options XLA refuses is dropped rather than timed. With `hlo_dir`,
-    each compiled variant's optimised HLO is written there as NAME.hlo.txt."""
+    whose optimised HLO is base's}): `program` lowered from `config` and compiled with each
+    variant's XLA options, base first, then lowered from `config` with each config variant's
+    fields and compiled as base is. A variant whose options XLA refuses is dropped rather
+    than timed. With `hlo_dir`, each variant's optimised HLO is written there as
+    NAME.hlo.txt."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    if program == "train":
-        step, state, batch = build_train_step(config, dtype)
-        lowered, args = step.lower(state, batch), (state, batch)
-    else:
-        embed, params, model_state, clips = build_embed(config, eval_batch)
-        lowered, args = embed.lower(params, model_state, clips), (params, model_state, clips)
+    base_program = lower_program(program, config, eval_batch)
+    builds = [(name, options, base_program) for name, options in {BASE: {}, **variants}.items()]
+    builds += [(name, {}, lower_program(program, with_fields(config, fields), eval_batch))
+               for name, fields in config_variants.items()]
     calls, outputs, texts, dropped, same_hlo = {}, {}, {}, {}, set()
-    for name, options in {BASE: {}, **variants}.items():
+    for name, options, (lowered, args) in builds:
         start = time.perf_counter()
         try:
             compiled = lowered.compile(compiler_options=options or None)
@@ -119,7 +158,7 @@ def build_calls(program: str, config, dtype: str, variants: dict[str, dict[str, 
             outputs[name] = np.asarray(call()["loss"])
         else:
 
-            def call(compiled=compiled):
+            def call(compiled=compiled, args=args):
                 return jax.block_until_ready(compiled(*args))
 
             outputs[name] = np.asarray(call())
@@ -133,6 +172,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="compute dtype (float32, bfloat16)")
     parser.add_argument("--variant", action="append", type=parse_variant, default=[],
                         help="NAME:OPTION=VALUE[;OPTION=VALUE...] (repeatable)")
+    parser.add_argument("--config_variant", action="append", type=parse_config_variant,
+                        default=[], help="NAME:FIELD=VALUE[;FIELD=VALUE...] (repeatable)")
     parser.add_argument("--repeats", type=int, default=8, help="interleaved timed rounds")
     parser.add_argument("--steps_per_call", type=int, default=1, help="train steps per wait")
     parser.add_argument("--identities", type=int, default=None)
@@ -146,11 +187,11 @@ def main() -> None:
                         help="also time the authors' PyTorch release in every round "
                              "(--model=release only)")
     args = parser.parse_args()
-    variants = dict(args.variant)
-    if not variants:
-        parser.error("give at least one --variant to compare with base")
-    if len(variants) != len(args.variant):
-        parser.error("--variant names must differ")
+    variants, config_variants = dict(args.variant), dict(args.config_variant)
+    if not variants and not config_variants:
+        parser.error("give at least one --variant or --config_variant to compare with base")
+    if len({*variants, *config_variants}) != len(args.variant) + len(args.config_variant):
+        parser.error("variant names must differ")
     if args.baseline and args.model != "release":
         parser.error("--baseline=release compares the release's network: use --model=release")
     # On a GPU, JAX would otherwise reserve 75% of its memory and starve the release.
@@ -164,6 +205,12 @@ def main() -> None:
     # would hide an option that changed nothing.
     jax.config.update("jax_enable_compilation_cache", False)
     config = benchmark_config(args.model, args.identities, args.instances, on_cpu)
+    config.model.dtype = args.dtype
+    for name, fields in config_variants.items():
+        try:
+            with_fields(config, fields)
+        except ValueError as error:
+            parser.error(f"--config_variant {name}: {error}")
     clips = (config.batch.identities * config.batch.instances if args.program == "train"
              else args.eval_batch)
     steps = args.steps_per_call if args.program == "train" else 1
@@ -174,8 +221,9 @@ def main() -> None:
         release = TorchBaseline(len(os.sched_getaffinity(0)), RELEASE, args.program, clips,
                                 config.batch.instances if args.program == "train" else 1,
                                 "cpu" if on_cpu else "cuda", steps)
-    calls, outputs, dropped, same_hlo = build_calls(args.program, config, args.dtype, variants,
-                                          args.steps_per_call, args.eval_batch, args.hlo_dir)
+    calls, outputs, dropped, same_hlo = build_calls(
+        args.program, config, variants, config_variants, args.steps_per_call, args.eval_batch,
+        args.hlo_dir)
     for name, why in dropped.items():
         print(f"dropped {name}: {why}")
     if len(calls) == 1:
@@ -199,12 +247,14 @@ def main() -> None:
             n / d for n, d in zip(times[numerator], times[denominator], strict=True))
 
     print(f"{'variant':20s} {'clips/s':>8s} {'best ms':>9s} {'median ms':>9s} "
-          f"{'base/it':>8s}{' it/release' if release else ''} {'max|out-base|':>13s}  options")
+          f"{'base/it':>8s}{' it/release' if release else ''} {'max|out-base|':>13s}  "
+          "options or config fields")
     for name, walls in times.items():
         difference = (f"{float(abs(outputs[name] - outputs[BASE]).max()):13.3g}"
                       if name in outputs else f"{'':13s}")
         versus_release = f" {median_ratio(RELEASE, name):9.3f}x" if release else ""
-        options = ";".join(f"{k}={v}" for k, v in variants.get(name, {}).items())
+        options = ";".join(f"{k}={v}" for k, v in {
+            **variants.get(name, {}), **config_variants.get(name, {})}.items())
         if name in same_hlo:
             options += " (same HLO)"
         if name == RELEASE:

@@ -78,3 +78,18 @@ def test_xla_options_benchmark_compares_with_the_release_on_its_network_only():
     assert result.returncode == 2
     assert "--baseline=release compares the release's network: use --model=release" in (
         result.stderr)
+
+
+def test_xla_options_benchmark_times_config_variants_and_names_a_missing_field():
+    result = _xla_options("--config_variant=one-stage:model.num_stages=1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+            if line.startswith(("base ", "one-stage "))}
+    assert set(rows) == {"base", "one-stage"}, result.stdout
+    assert rows["one-stage"][-1] == "model.num_stages=1"
+    assert float(rows["one-stage"][5]) > 0  # one stage fewer: other embeddings
+
+    result = _xla_options("--config_variant=typo:model.num_stage=1")
+    assert result.returncode == 2
+    assert "--config_variant typo: config field model.num_stage: the config has no such field" in (
+        result.stderr)
