@@ -39,12 +39,21 @@ def _xla_options(*variants: str) -> subprocess.CompletedProcess:
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
 
 
+def _table_rows(result: subprocess.CompletedProcess, *names: str) -> dict[str, list[str]]:
+    """{variant: its row's fields} of the printed table, after checking the run succeeded
+    and its table has exactly the rows of `names`."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("variant "))
+    table = [line.split() for line in lines[header + 1:] if not line.startswith("base/it:")]
+    rows = {fields[0]: fields for fields in table}
+    assert sorted(rows) == sorted(names) and len(table) == len(names), result.stdout
+    return rows
+
+
 def test_xla_options_benchmark_times_each_variant_beside_base():
     result = _xla_options("default-scheduler:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT")
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
-            if line.startswith(("base ", "default-scheduler "))}
-    assert set(rows) == {"base", "default-scheduler"}, result.stdout
+    rows = _table_rows(result, "base", "default-scheduler")
     assert all(float(row[1]) > 0 for row in rows.values())  # clips/s
     assert rows["base"][4] == "1.000x" and float(rows["default-scheduler"][5]) == 0.0
 
@@ -56,12 +65,9 @@ def test_xla_options_benchmark_drops_refused_options_and_marks_ones_with_base_hl
     same = "same:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
     unknown = "unknown:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_FASTEST"
     result = _xla_options(same, unknown)
-    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _table_rows(result, "base", "same")  # not "unknown"
     assert "dropped unknown: did not compile" in result.stdout
-    rows = {line.split()[0]: line for line in result.stdout.splitlines()
-            if line.startswith(("base ", "same ", "unknown "))}
-    assert set(rows) == {"base", "same"}, result.stdout
-    assert rows["same"].endswith("(same HLO)") and "(same HLO)" not in rows["base"]
+    assert rows["same"][-2:] == ["(same", "HLO)"] and "HLO)" not in rows["base"]
 
 
 def test_xla_options_benchmark_fails_when_every_variant_is_refused():
@@ -82,10 +88,7 @@ def test_xla_options_benchmark_compares_with_the_release_on_its_network_only():
 
 def test_xla_options_benchmark_times_config_variants_and_names_a_missing_field():
     result = _xla_options("--config_variant=one-stage:model.num_stages=1")
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
-            if line.startswith(("base ", "one-stage "))}
-    assert set(rows) == {"base", "one-stage"}, result.stdout
+    rows = _table_rows(result, "base", "one-stage")
     assert rows["one-stage"][-1] == "model.num_stages=1"
     assert float(rows["one-stage"][5]) > 0  # one stage fewer: other embeddings
 
