@@ -9,7 +9,7 @@ bfloat16 activations take their BatchNorm statistics in one pass over x
 as PyTorch. This builds the bf16 step (`benchmarks/train_step.py`'s, the one psta_jax.main
 runs) once with each, checks that the two programs differ, and times them and the
 release's float32 step (`model_throughput.py`'s baseline, in its own process) in
-interleaved rounds of --steps_per_call steps per wait, after one warm-up round. Printed:
+rotated interleaved rounds of --steps_per_call steps per wait, after a warm-up round. Printed:
 clips/s (best and median over the rounds) and each variant's ratio to the release.
 Defaults to P=8 x K=4 on accelerators and P=2 x K=2 on the CPU.
 """
@@ -24,7 +24,7 @@ import sys
 from psta_jax import xla_cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_throughput import TorchBaseline, timed  # noqa: E402 (sibling benchmark)
+from model_throughput import TorchBaseline, interleaved_rounds, timed  # noqa: E402 (sibling)
 from train_step import benchmark_config, build_train_step, steps_call  # noqa: E402
 
 VARIANTS = {"one-pass": True, "two-pass": False}  # name -> ONE_PASS_BELOW_FLOAT32
@@ -78,16 +78,12 @@ def main() -> None:
     release = (TorchBaseline(len(os.sched_getaffinity(0)), "release", "train", clips,
                              config.batch.instances, "cpu" if on_cpu else "cuda",
                              args.steps_per_call) if args.baselines else None)
-    runs = {name: lambda call=call: timed(call)[0]
-            for name, call in build_variants(config, args.steps_per_call).items()}
+    steps = args.steps_per_call
+    runs = {name: lambda call=call: timed(call)[0] / steps
+            for name, call in build_variants(config, steps).items()}
     if release:
-        runs["release"] = lambda: release.run()[0]
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for round_index in range(args.repeats + 1):  # round 0 warms up and is dropped
-        for name, run in runs.items():
-            wall = run()
-            if round_index:
-                times[name].append(wall / args.steps_per_call)
+        runs["release"] = lambda: release.run()[0] / steps
+    times = interleaved_rounds(runs, args.repeats)
     if release:
         release.close()
 

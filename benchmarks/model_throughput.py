@@ -265,6 +265,21 @@ def timed(call) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def interleaved_rounds(measures: dict, repeats: int) -> dict[str, list[float]]:
+    """{name: its `repeats` results}: each of `measures` ({name: call returning seconds})
+    once per round, after one warm-up round that is dropped. Each round starts one measure
+    later than the last, so none always runs first."""
+    names = list(measures)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeats + 1):
+        start = round_index % len(names)
+        for name in names[start:] + names[:start]:
+            seconds = measures[name]()
+            if round_index:
+                results[name].append(seconds)
+    return results
+
+
 # ----------------------------------------------------------------------------- main
 
 

@@ -50,7 +50,12 @@ import time
 from psta_jax import xla_cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_throughput import TorchBaseline, build_embed, timed  # noqa: E402 (siblings)
+from model_throughput import (  # noqa: E402 (sibling benchmarks)
+    TorchBaseline,
+    build_embed,
+    interleaved_rounds,
+    timed,
+)
 from train_step import benchmark_config, build_train_step, steps_call  # noqa: E402
 
 BASE, RELEASE = "base", "release"
@@ -228,17 +233,10 @@ def main() -> None:
         print(f"dropped {name}: {why}")
     if len(calls) == 1:
         sys.exit(f"error: no variant left to compare with base: {', '.join(dropped)} dropped")
-    measures = {name: lambda call=call: timed(call)[0] for name, call in calls.items()}
+    measures = {name: lambda call=call: timed(call)[0] / steps for name, call in calls.items()}
     if release:
-        measures[RELEASE] = lambda: release.run()[0]  # timed in its own process
-    times: dict[str, list[float]] = {name: [] for name in measures}
-    names = list(measures)
-    for round_index in range(args.repeats + 1):  # round 0 warms up and is dropped
-        # Each round starts one variant later, so no variant always runs first.
-        for name in names[round_index % len(names):] + names[:round_index % len(names)]:
-            wall = measures[name]() / steps
-            if round_index:
-                times[name].append(wall)
+        measures[RELEASE] = lambda: release.run()[0] / steps  # timed in its own process
+    times = interleaved_rounds(measures, args.repeats)
     if release:
         release.close()
 
