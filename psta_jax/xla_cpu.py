@@ -1,4 +1,5 @@
-"""XLA:CPU options for PSTA, set through XLA_FLAGS before JAX starts its CPU backend.
+"""XLA:CPU setup for PSTA: XLA_FLAGS set before JAX starts its CPU backend, and glibc's heap
+kept for reuse between calls.
 
 jaxlib 0.10.2 runs convolutions, dots and reductions through YNNPACK fusions by default.
 Its reductions (BatchNorm statistics) and dots are fast, but its convolutions are not for
@@ -15,9 +16,10 @@ anything creates a JAX array; once the backend exists the flags can no longer ch
     xla_cpu.configure_for_cpu_if_needed()  # before the first JAX computation
 
 It sets the flags only when the process will run on the CPU (JAX_PLATFORMS names cpu
-first, or no accelerator plugin and device are present). Without the flags
-`models.conv.conv2d` still avoids YNN's slow gradient convolutions on the CPU by computing
-its own, and only there: the choice is made per lowering platform.
+first, or no accelerator plugin and device are present), and then also makes glibc keep the
+memory XLA:CPU frees (`keep_freed_memory()`), so each call reuses the pages of the last.
+Without the flags `models.conv.conv2d` still avoids YNN's slow gradient convolutions on the
+CPU by computing its own, and only there: the choice is made per lowering platform.
 """
 
 from __future__ import annotations
@@ -89,9 +91,10 @@ def will_run_on_cpu() -> bool:
 
 
 def configure_for_cpu_if_needed() -> bool:
-    """`configure_xla_cpu()` when this process will compute on the CPU; returns whether the
-    flags are set. Call it before anything creates a JAX array; called later (JAX already
-    running, e.g. a CLI's main() called from a notebook) it warns and changes nothing."""
+    """`configure_xla_cpu()` and `keep_freed_memory()` when this process will compute on the
+    CPU; returns whether the flags are set. Call it before anything creates a JAX array, and
+    before importing TensorFlow (see keep_freed_memory); called later (JAX already running,
+    e.g. a CLI's main() called from a notebook) it warns and changes nothing."""
     if not will_run_on_cpu():
         return False
     if YNN_FLAG not in os.environ.get("XLA_FLAGS", "") and _backend_started():
@@ -100,6 +103,7 @@ def configure_for_cpu_if_needed() -> bool:
                       "computation)", stacklevel=2)
         return False
     configure_xla_cpu()
+    keep_freed_memory()
     return True
 
 
@@ -117,6 +121,57 @@ def ynn_convolutions_enabled() -> bool:
     return "individual_convolution" in items  # an explicit list (empty: YNN off)
 
 
+# mallopt(3) parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The process's C library when it is glibc (mallopt and malloc_trim are glibc's)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 (raises AttributeError off glibc)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def keep_freed_memory() -> bool:
+    """Makes glibc keep the memory the process frees, so XLA:CPU reuses its pages.
+
+    Each call of a compiled program allocates its temporaries afresh (one block: ~90 MiB for
+    an eval clip at 256x128, T=8; 2.06 GiB for a P=2 x K=2 train step) and frees them when
+    it ends. glibc serves blocks over 32 MiB with new memory maps (and from a thread's own
+    arena, with maps whatever the settings) and unmaps them on free, so every call faults
+    its temporaries in again: 23k page faults and ~60 ms of system time per eval clip, 640k
+    faults per train step. With one arena, no memory maps and no trimming, the heap keeps
+    the freed pages and the next call finds them: measured in one process, rounds
+    alternating, eval 7.5% and the train step 13% faster (8.40 -> 7.44 s). The heap then
+    stays at its peak until `trim_heap()` or the process's end.
+
+    glibc only (elsewhere returns False), and effective for the threads that first allocate
+    after it: call it before JAX and TensorFlow start their threads (after TensorFlow has
+    run, most of the faults come back). A GLIBC_TUNABLES with glibc.malloc settings wins:
+    nothing is changed then (the way to opt out, e.g.
+    GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072). Returns whether the settings apply.
+    """
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    libc = _glibc()
+    if libc is None:
+        return False
+    # -1: never trim (mallopt's value is an int; glibc reads -1 as "no limit").
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
+    return all(libc.mallopt(param, value) == 1 for param, value in settings)
+
+
+def trim_heap() -> bool:
+    """Hands the free memory of glibc's heap back to the system (`malloc_trim(0)`); returns
+    whether any went back (False off glibc). After `keep_freed_memory()` the heap keeps a
+    phase's peak: a training run trims it after each evaluation, before the steps resume."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
 def release_compilation_memory() -> bool:
     """Frees what compiling left behind, before a compiled program runs: JAX's tracing and
     lowering caches (jitted functions compile again on their next call; AOT-compiled
@@ -129,8 +184,4 @@ def release_compilation_memory() -> bool:
 
     jax.clear_caches()
     gc.collect()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    return trim_heap()

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from psta_jax import checkpointing, steps, train
+from psta_jax import checkpointing, steps, train, xla_cpu
 from psta_jax.evaluation import model_eval
 from tests.conftest import REPO_ROOT
 from tests.helpers.tiny import restore_saved_params, tiny_run_config
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.xdist_group("train_e2e")
 
 
 TOTAL_STEPS = 6
+HEAP_TRIMS: list[int] = []  # one entry per xla_cpu.trim_heap() call of the finished run
 
 
 def _main(workdir, data_dir, *flags, presets="", timeout=900, wait=True):
@@ -61,7 +62,10 @@ def finished_run(data_dir, tmp_path_factory):
         eval_every_steps=4,
         profile_steps=(5, 1),
     )
-    metrics = train.train_and_evaluate(config, workdir)
+    with pytest.MonkeyPatch.context() as patch:  # counts the heap trims, which still run
+        trim_heap = xla_cpu.trim_heap
+        patch.setattr(xla_cpu, "trim_heap", lambda: HEAP_TRIMS.append(1) or trim_heap())
+        metrics = train.train_and_evaluate(config, workdir)
     return workdir, metrics
 
 
@@ -123,6 +127,14 @@ def _tensorboard_scalars(workdir) -> dict[tuple[int, str], float]:
             for value in event.summary.value:
                 values[(event.step, value.tag)] = float(tf.make_ndarray(value.tensor))
     return values
+
+
+def test_the_heap_goes_back_after_each_evaluation(finished_run):
+    # Evaluations at steps 4 and 6 (the last); each hands its freed heap back before the
+    # steps resume (xla_cpu.keep_freed_memory keeps it otherwise), as does compiling.
+    evaluated = [r["step"] for r in _metric_rows(finished_run[0]) if "eval/mAP" in r]
+    assert evaluated == [4, 6]
+    assert len(HEAP_TRIMS) == 1 + len(evaluated)
 
 
 def test_killed_run_resumes_to_the_same_parameters(finished_run, data_dir, tmp_path):
