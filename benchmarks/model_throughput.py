@@ -2,7 +2,7 @@
 
     python benchmarks/model_throughput.py [--eval_batches=1] [--repeats=3] [--skip_train]
         [--train_identities=P --train_instances=K] [--train_steps_per_call=1]
-        [--baselines=release,backbone]
+        [--baselines=release,backbone] [--baselines_keep_heap]
         [--dtypes=float32,bfloat16] [--jaxlib_default_flags] [--xla_flags='--xla_...']
 
 Ours: the default PSTA (ResNet-50, last stride 1, three STAM stages, 625 classes) at
@@ -28,7 +28,9 @@ Baselines, in PyTorch with as many threads as this process may use, on uint8 cli
 The baselines always compute in float32, on the CPU or, when JAX runs on a GPU, on that GPU
 through CUDA (cuDNN autotuning on, as for training). Each baseline measure (model x
 eval/train x batch) runs in its own child process, so its threads never compete with XLA's
-and its peak memory is its own. Ours and the baselines are
+and its peak memory is its own; it runs with glibc's default heap, as the release ships,
+unless --baselines_keep_heap gives it ours (xla_cpu.keep_freed_memory: on this CPU the
+release's train step gains more from it than ours). Ours and the baselines are
 measured interleaved (ours, release, backbone, ours, ...), best of --repeats each, so
 their ratios hold when a shared machine's speed drifts; the load average is printed
 beside each row.
@@ -148,10 +150,13 @@ def torch_call(model_name: str, kind: str, clips: int, instances: int, device: s
 
 
 def torch_worker(conn, threads: int, model_name: str, kind: str, clips: int, instances: int,
-                 device: str, steps: int) -> None:
+                 device: str, steps: int, keep_heap: bool = False) -> None:
     """Builds one baseline call, counts its FLOPs (one untimed call), sends ('ready',
     GFLOP), then serves requests: (wall s, CPU s, GFLOP, peak memory GiB: this process's
-    peak RSS on the CPU, the GPU's peak allocated bytes on CUDA)."""
+    peak RSS on the CPU, the GPU's peak allocated bytes on CUDA). With `keep_heap`, glibc
+    keeps freed memory in this process as in ours (xla_cpu.keep_freed_memory)."""
+    if keep_heap:
+        xla_cpu.keep_freed_memory()  # before torch starts its threads
     import torch  # noqa: PLC0415
     from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
 
@@ -177,12 +182,12 @@ class TorchBaseline:
     threads never compete with XLA's, and its peak memory is that measure's alone."""
 
     def __init__(self, threads: int, model_name: str, kind: str, clips: int, instances: int,
-                 device: str, steps: int = 1):
+                 device: str, steps: int = 1, keep_heap: bool = False):
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(
             target=torch_worker,
-            args=(child, threads, model_name, kind, clips, instances, device, steps),
+            args=(child, threads, model_name, kind, clips, instances, device, steps, keep_heap),
             daemon=True)
         self._process.start()
         _, self.gflop = self._conn.recv()  # built and counted: one child at a time
@@ -300,7 +305,10 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32",
                         help="our compute dtypes, comma-separated (float32, bfloat16)")
     parser.add_argument("--jaxlib_default_flags", action="store_true",
-                        help="do not apply psta_jax.xla_cpu's flags")
+                        help="do not apply psta_jax.xla_cpu's setup (flags, heap kept)")
+    parser.add_argument("--baselines_keep_heap", action="store_true",
+                        help="give the PyTorch baselines our glibc heap settings too "
+                             "(xla_cpu.keep_freed_memory): programs compared, not allocators")
     parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS (experiments)")
     args = parser.parse_args()
     if not args.jaxlib_default_flags:
@@ -333,7 +341,8 @@ def main() -> None:
     instances = train[1] if train else 1
     # Started (built, FLOPs counted) one at a time, before our programs compile.
     baselines = {(kind, clips, name): TorchBaseline(cores, name, kind, clips, instances,
-                                                    torch_device, steps[kind])
+                                                    torch_device, steps[kind],
+                                                    keep_heap=args.baselines_keep_heap)
                  for kind, clips in measures for name in baseline_names}
     ours_names = [ours_name(dtype) for dtype in args.dtypes.split(",")]
     calls = {}  # (kind, clips, who) -> (call, GFLOP)
@@ -393,7 +402,8 @@ def main() -> None:
             print(f"{who} vs {name}{headline}: " + ", ".join(pairs))
     print(f"ours/it: {ours_names[0]}'s clips/s over that row's in this run (> 1: ours is "
           "faster); 'release' is the authors' PyTorch PSTA with its loss, 'backbone' its "
-          f"ResNet-50 alone, both float32 on {torch_device}.")
+          f"ResNet-50 alone, both float32 on {torch_device}"
+          + (", with our glibc heap settings." if args.baselines_keep_heap else "."))
     if not on_cpu:
         print("GFLOP on a GPU: the release's FlopCounterMode count for ours too (XLA's cost "
               "analysis leaves out cuDNN's convolutions); nan where the release did not run.")
