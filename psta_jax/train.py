@@ -132,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     with train_progress.timed("evaluation", wait_for=state):
                         metrics = _evaluate(config, splits, embed_fn, state, mesh)
                         # The heap keeps what evaluation freed (xla_cpu.keep_freed_memory):
-                        # back to the system, so it cannot fragment the steps' block.
+                        # back to the system, so its peak does not stay beside the steps'.
                         xla_cpu.trim_heap()
                 except Exception:
                     # A failed evaluation must not cost the steps since the last checkpoint.
