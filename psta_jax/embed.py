@@ -20,9 +20,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from psta_jax import errors, input_pipeline, xla_cpu
-from psta_jax.serving import embedder, embedding_file
+from psta_jax import errors, xla_cpu
+from psta_jax.serving import embedding_file
 from psta_jax.serving.errors import ServingInputError
+
+# TensorFlow and JAX (input_pipeline, serving.embedder) are imported once main() has set up
+# the CPU: glibc's heap settings (xla_cpu.keep_freed_memory) hold for threads started after.
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,6 +54,8 @@ def run(args: argparse.Namespace) -> embedding_file.Embeddings:
     if not args.out.endswith(embedding_file.SUFFIXES):
         raise ServingInputError(f"--out {args.out}: expected a file ending in one of "
                                 f"{embedding_file.SUFFIXES}")
+    from psta_jax.serving import embedder  # noqa: PLC0415 (after the CPU setup)
+
     common = dict(batch_size=args.batch_size, l2_normalise=args.normalise,
                   show_progress=not args.no_progress)
     if args.tracklets:
@@ -66,7 +71,9 @@ def run(args: argparse.Namespace) -> embedding_file.Embeddings:
 
 
 def main(argv: Sequence[str] | None = None) -> embedding_file.Embeddings:
-    xla_cpu.configure_for_cpu_if_needed()  # before JAX starts its backends
+    xla_cpu.configure_for_cpu_if_needed()  # before JAX and TensorFlow start their threads
+    from psta_jax import input_pipeline  # noqa: PLC0415 (after the CPU setup)
+
     input_pipeline.disable_tf_accelerators()  # tf.data decodes on the host
     args = _parse_args(argv)
     return errors.run_cli(lambda: run(args), verbose=args.verbose)
