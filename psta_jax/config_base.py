@@ -120,6 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = -1  # > 0 overrides checkpoint_every_epochs
     c.max_to_keep = 3  # latest steps kept; the best-mAP step is kept besides them
     c.log_every_steps = 20
+    # train/grad_norm in the logs: the gradients' global L2 norm, computed every step.
+    c.log_grad_norm = True
     # (first step, number of steps) to profile into the workdir for TensorBoard; 0 steps = off.
     c.profile_steps = (0, 0)
     return c

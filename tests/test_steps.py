@@ -57,6 +57,8 @@ def test_step_minimises_release_loss_with_coupled_adam(setup):
     new_state, metrics = step(jax.tree.map(jnp.copy, state), sharding.shard_batch(batch, mesh))
     np.testing.assert_allclose(float(metrics["loss"]), float(expected_loss), rtol=1e-5)
     assert float(metrics["finite"]) == 1.0
+    expected_norm = np.sqrt(sum(np.sum(np.square(np.asarray(g))) for g in jax.tree.leaves(grads)))
+    np.testing.assert_allclose(float(metrics["grad_norm"]), expected_norm, rtol=1e-5)
 
     # Adam's first step: -lr * g' / (|g'| + eps) with g' = g + weight_decay * param.
     lr, wd, eps = (
@@ -91,6 +93,21 @@ def test_non_finite_loss_keeps_the_state(setup):
         jax.tree.leaves(before.model_state), jax.tree.leaves(after.model_state), strict=True
     ):
         np.testing.assert_array_equal(x, np.asarray(y))
+
+
+def test_step_without_grad_norm_metric_takes_the_same_step(setup):
+    """config.log_grad_norm=False drops the metric (111 reductions on the full model) and
+    nothing else."""
+    config, tx, mesh, graphs, state, step = setup
+    batch = sharding.shard_batch(tiny_batch(num_ids=2, per_id=2), mesh)
+    reference, ref_metrics = step(jax.tree.map(jnp.copy, state), batch)
+    plain_step = steps.compile_train_step(graphs, tx, NUM_CLASSES, config.loss, mesh,
+                                          grad_norm=False)
+    new_state, metrics = plain_step(jax.tree.map(jnp.copy, state), batch)
+    assert set(metrics) == set(ref_metrics) - {"grad_norm"}
+    np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(reference), jax.tree.leaves(new_state), strict=True):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-6, atol=1e-7)
 
 
 def test_four_devices_equal_one_device():
