@@ -17,10 +17,14 @@ import sys
 from collections.abc import Sequence
 
 from psta_jax import errors, xla_cpu
-from psta_jax.serving import export_artifacts, trained_model
+
+# psta_jax.serving's export_artifacts and trained_model import JAX and TensorFlow: each
+# function below imports them, so that main() sets up the CPU before their threads start.
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from psta_jax.serving import export_artifacts  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(
         prog="python -m psta_jax.export",
         description="Export a PSTA checkpoint's embedding function (jax.export + SavedModel).")
@@ -39,6 +43,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from psta_jax.serving import export_artifacts, trained_model  # noqa: PLC0415
+
     platforms = export_artifacts.check_platforms(
         [p.strip() for p in args.platforms.split(",") if p.strip()])
     model = trained_model.load(args.checkpoint)
@@ -51,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    xla_cpu.configure_for_cpu_if_needed()  # before JAX starts its backends
+    xla_cpu.configure_for_cpu_if_needed()  # before JAX and TensorFlow start their threads
     args = _parse_args(argv)
     return errors.run_cli(lambda: run(args), verbose=args.verbose)
 

@@ -19,7 +19,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from psta_jax import errors, evaluation, input_pipeline, xla_cpu
+from psta_jax import errors, evaluation, xla_cpu
 from psta_jax.serving import embedding_file, ranking, report_page
 from psta_jax.serving.errors import ServingInputError
 
@@ -84,7 +84,9 @@ def run(args: argparse.Namespace) -> ranking.SearchResult:
 
 
 def main(argv: Sequence[str] | None = None) -> ranking.SearchResult:
-    xla_cpu.configure_for_cpu_if_needed()  # before JAX starts its backends
+    xla_cpu.configure_for_cpu_if_needed()  # before JAX and TensorFlow start their threads
+    from psta_jax import input_pipeline  # noqa: PLC0415 (after the CPU setup)
+
     input_pipeline.disable_tf_accelerators()  # tf.data decodes on the host
     args = _parse_args(argv)
     return errors.run_cli(lambda: run(args), verbose=args.verbose)

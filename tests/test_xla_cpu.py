@@ -75,3 +75,13 @@ def test_entry_point_setup_reuses_freed_pages_and_glibc_tunables_opt_out():
 def test_user_glibc_malloc_tunables_are_left_alone(monkeypatch):
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
     assert xla_cpu.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("cli", ["main", "embed", "search", "export", "inspection.__main__"])
+def test_importing_a_command_line_starts_neither_tensorflow_nor_jax(cli):
+    # glibc's heap settings (keep_freed_memory) hold only for threads started after them, so
+    # a command line's module must not start TensorFlow or JAX: its main() sets up first.
+    probe = f"import sys, psta_jax.{cli}; print(sorted({{'tensorflow', 'jax'}} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "[]", f"python -m psta_jax.{cli} imports {out.stdout.strip()}"

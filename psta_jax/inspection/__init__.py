@@ -9,48 +9,42 @@ retrieval (Figure 5) and t-SNE (Figure 6). `python -m psta_jax.inspection` write
   matplotlib Figure and saves a PNG when given a path.
 """
 
-from psta_jax.inspection.attention import (
-    AttentionMaps,
-    attention_figure,
-    clip_attention,
-    maps_per_frame,
-    plot_attention,
-)
-from psta_jax.inspection.plotting import figure_png, save_png
-from psta_jax.inspection.retrieval import (
-    RetrievalEntry,
-    plot_retrieval,
-    rank_gallery,
-    retrieval_figure,
-    retrieve,
-)
-from psta_jax.inspection.runs import (
-    Run,
-    default_query,
-    display_frames,
-    load_run,
-    load_runs,
-    tracklet_clip,
-    tracklet_frames,
-)
-from psta_jax.inspection.table import (
-    ModelCost,
-    TableRow,
-    ablation_table,
-    measure_cost,
-    parse_table_markdown,
-    structure,
-    table_markdown,
-    write_table,
-    xla_flops,
-)
-from psta_jax.inspection.tsne import (
-    choose_identities,
-    default_identities,
-    plot_tsne,
-    tsne_figure,
-    tsne_points,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Loaded on first use (PEP 562): `runs` imports JAX and TensorFlow, whose threads must start
+# after the command line's CPU setup (psta_jax.xla_cpu.keep_freed_memory); a notebook sees
+# no difference.
+_EXPORTS = {
+    "attention": ("AttentionMaps", "attention_figure", "clip_attention", "maps_per_frame",
+                  "plot_attention"),
+    "plotting": ("figure_png", "save_png"),
+    "retrieval": ("RetrievalEntry", "plot_retrieval", "rank_gallery", "retrieval_figure",
+                  "retrieve"),
+    "runs": ("Run", "default_query", "display_frames", "load_run", "load_runs",
+             "tracklet_clip", "tracklet_frames"),
+    "table": ("ModelCost", "TableRow", "ablation_table", "measure_cost",
+              "parse_table_markdown", "structure", "table_markdown", "write_table",
+              "xla_flops"),
+    "tsne": ("choose_identities", "default_identities", "plot_tsne", "tsne_figure",
+             "tsne_points"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULE_OF})
+
 
 __all__ = [
     "AttentionMaps", "ModelCost", "RetrievalEntry", "Run", "TableRow", "ablation_table",

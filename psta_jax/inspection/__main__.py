@@ -21,18 +21,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from psta_jax import errors, input_pipeline, xla_cpu
-from psta_jax.inspection import (
-    ablation_table,
-    attention_figure,
-    default_identities,
-    default_query,
-    load_runs,
-    retrieval_figure,
-    table_markdown,
-    tsne_figure,
-    write_table,
-)
+from psta_jax import errors, inspection, xla_cpu
 
 FIGURES = ("attention", "retrieval", "tsne")
 
@@ -46,21 +35,21 @@ def inspect_runs(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     One query and one identity set serve every run (chosen on the first), so figures compare.
     Returns {'markdown', 'csv', '<run>_<figure>': path}.
     """
-    runs = load_runs(workdirs, load_data=figures)
-    rows = ablation_table(runs, batch_size=batch_size, repeats=repeats)
-    written = write_table(rows, out_dir)
-    print(table_markdown(rows))
+    runs = inspection.load_runs(workdirs, load_data=figures)
+    rows = inspection.ablation_table(runs, batch_size=batch_size, repeats=repeats)
+    written = inspection.write_table(rows, out_dir)
+    print(inspection.table_markdown(rows))
     if not figures:
         return written
     out = pathlib.Path(out_dir)
     first = runs[0]
-    query = default_query(first) if query is None else query
-    chosen = default_identities(first, identities)
+    query = inspection.default_query(first) if query is None else query
+    chosen = inspection.default_identities(first, identities)
     for run in runs:
         paths = {kind: out / f"{run.name}_{kind}.png" for kind in FIGURES}
-        attention_figure(run, query=query, path=paths["attention"])
-        retrieval_figure(run, query=query, top_k=top_k, path=paths["retrieval"])
-        tsne_figure(run, identities=chosen, path=paths["tsne"])
+        inspection.attention_figure(run, query=query, path=paths["attention"])
+        inspection.retrieval_figure(run, query=query, top_k=top_k, path=paths["retrieval"])
+        inspection.tsne_figure(run, identities=chosen, path=paths["tsne"])
         written.update({f"{run.name}_{kind}": path for kind, path in paths.items()})
     return written
 
@@ -88,7 +77,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, pathlib.Path]:
     args = _parse_args(argv)
-    xla_cpu.configure_for_cpu_if_needed()  # before JAX starts its backends
+    xla_cpu.configure_for_cpu_if_needed()  # before JAX and TensorFlow start their threads
+    from psta_jax import input_pipeline  # noqa: PLC0415 (after the CPU setup)
+
     input_pipeline.disable_tf_accelerators()
     written = inspect_runs(args.workdirs, args.out, figures=not args.no_figures,
                            query=args.query, top_k=args.top_k, identities=args.identities,

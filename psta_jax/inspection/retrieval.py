@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from psta_jax import evaluation
 from psta_jax.inspection.plotting import finish, new_figure
-from psta_jax.inspection.runs import Run, default_query, protocol_gallery, tracklet_frames
+
+if TYPE_CHECKING:
+    from psta_jax.inspection.runs import Run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,8 @@ def rank_gallery(distances: np.ndarray, q_pid: int, q_camid: int, g_pids: np.nda
 
 def retrieve(run: Run, query: int, top_k: int = 5) -> list[RetrievalEntry]:
     """The top-k gallery tracklets of query tracklet `query` under the run's distance."""
+    from psta_jax.inspection.runs import protocol_gallery  # noqa: PLC0415 (imports JAX)
+
     queries, gallery = run.features["query"], protocol_gallery(run)
     if not 0 <= query < len(queries["pids"]):
         raise IndexError(f"query {query} out of range: {len(queries['pids'])} queries")
@@ -106,6 +111,8 @@ def retrieval_figure(run: Run, *, query: int | None = None, top_k: int = 5,
                      frames_per_tracklet: int = 4,
                      path: str | os.PathLike | None = None) -> Figure:
     """Figure 5 for query tracklet `query` (default: default_query) of a run."""
+    from psta_jax.inspection.runs import default_query, tracklet_frames  # noqa: PLC0415
+
     splits = run.require_splits()
     query = default_query(run) if query is None else query
     entries = retrieve(run, query, top_k)

@@ -222,13 +222,3 @@ def test_scan_folder_reads_pid_and_camera_from_names(tmp_path):
     assert tracklets.scan_folder(tmp_path).pids is None
     with pytest.raises(ServingInputError, match="not a folder"):
         tracklets.scan_folder(tmp_path / "12_3_x" / "frame_000.jpg")
-
-
-def test_the_embed_cli_sets_up_the_cpu_before_tensorflow_and_jax_start():
-    # glibc's heap settings (xla_cpu.keep_freed_memory) hold only for threads started after
-    # them, so importing the CLI must not start TensorFlow or JAX; main() sets up first.
-    probe = ("import sys, psta_jax.embed; "
-             "print(sorted({'tensorflow', 'jax'} & set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                         text=True, timeout=120)
-    assert out.stdout.strip() == "[]"
