@@ -245,12 +245,14 @@ def main() -> None:
             n / d for n, d in zip(times[numerator], times[denominator], strict=True))
 
     print(f"{'variant':20s} {'clips/s':>8s} {'best ms':>9s} {'median ms':>9s} "
-          f"{'base/it':>8s}{' it/release' if release else ''} {'max|out-base|':>13s}  "
+          f"{'base/it':>8s}{' it/release best/release' if release else ''} "
+          f"{'max|out-base|':>13s}  "
           "options or config fields")
     for name, walls in times.items():
         difference = (f"{float(abs(outputs[name] - outputs[BASE]).max()):13.3g}"
                       if name in outputs else f"{'':13s}")
-        versus_release = f" {median_ratio(RELEASE, name):9.3f}x" if release else ""
+        versus_release = (f" {median_ratio(RELEASE, name):9.3f}x "
+                          f"{min(times[RELEASE]) / min(walls):11.3f}x" if release else "")
         options = ";".join(f"{k}={v}" for k, v in {
             **variants.get(name, {}), **config_variants.get(name, {})}.items())
         if name in same_hlo:
@@ -262,8 +264,10 @@ def main() -> None:
               f"{versus_release} {difference}  {options}")
     print("base/it: the median over rounds of base's time over this variant's in the same "
           "round (> 1: the variant is faster)."
-          + (" it/release: the same against the release's (> 1: faster than the release)."
-             if release else "")
+          + (" it/release: the same against the release's (> 1: faster than the release);"
+             " best/release: the release's best time over this variant's best (the round"
+             " medians also carry the host's stalls, which a GPU step of many short kernels"
+             " feels more than the release's)." if release else "")
           + (" same HLO: the variant's optimised HLO is base's (its options did nothing, or "
              "act below the HLO)." if same_hlo else ""))
 
