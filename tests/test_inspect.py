@@ -34,6 +34,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ----------------------------------------------------------------------------- pure helpers
 
 
+def test_every_exported_name_loads_from_its_module():
+    # The package loads its modules on first use; a name mapped to the wrong module fails here.
+    for name in inspection.__all__:
+        assert getattr(inspection, name).__module__.startswith("psta_jax.inspection."), name
+    assert set(inspection.__all__) <= set(dir(inspection))
+    with pytest.raises(AttributeError, match="no attribute 'no_such_figure'"):
+        inspection.no_such_figure  # noqa: B018
+
+
 def test_pyramid_maps_follow_the_frames_each_stage_input_covers():
     seq_len = 8
     stage0 = np.arange(4 * 2, dtype=float).reshape(4, 2, 1, 1)  # pairs (0,1) (2,3) (4,5) (6,7)

@@ -46,11 +46,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_MODULE_OF})
 
 
-__all__ = [
-    "AttentionMaps", "ModelCost", "RetrievalEntry", "Run", "TableRow", "ablation_table",
-    "attention_figure", "choose_identities", "clip_attention", "default_identities",
-    "default_query", "display_frames", "figure_png", "load_run", "load_runs", "maps_per_frame",
-    "measure_cost", "parse_table_markdown", "plot_attention", "plot_retrieval", "plot_tsne",
-    "rank_gallery", "retrieval_figure", "retrieve", "save_png", "structure", "table_markdown",
-    "tracklet_clip", "tracklet_frames", "tsne_figure", "tsne_points", "write_table", "xla_flops",
-]
+__all__ = sorted(_MODULE_OF)
