@@ -67,7 +67,7 @@ def build_train_step(config, dtype: str):
     )
     step = steps.compile_train_step(
         graphs, tx, NUM_CLASSES, config.loss, mesh, clip_preparation.prepare_train_clips(config),
-        grad_norm=config.log_grad_norm,
+        log_grad_norm=config.log_grad_norm,
     )
     batch_size = config.batch.identities * config.batch.instances
     return step, state, sharding.shard_batch(random_batch(config, batch_size), mesh)

@@ -83,7 +83,7 @@ def train_step(
     num_classes: int,
     loss_config: ml_collections.ConfigDict,
     prepare_clips: PrepareClips | None = None,
-    grad_norm: bool = True,
+    log_grad_norm: bool = True,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step on a global batch {'clips' (B,T,H,W,3), 'labels' (B,)}.
 
@@ -93,7 +93,7 @@ def train_step(
 
     When the loss is not finite the returned state equals the input state (the host raises
     NonFiniteLossError on seeing metrics['finite'] == 0), so no NaN ever reaches a checkpoint.
-    With `grad_norm`, the metrics hold the gradients' global L2 norm ('grad_norm'): one
+    With `log_grad_norm`, the metrics hold the gradients' global L2 norm ('grad_norm'): one
     reduction per parameter, ~111 small kernels per step on a GPU.
     """
     # copy: the forward pass updates BatchNorm statistics in place; `state` must keep the old.
@@ -135,7 +135,7 @@ def train_step(
         "triplet": parts["triplet"],
         "finite": finite.astype(jnp.float32),
     }
-    if grad_norm:
+    if log_grad_norm:
         metrics["grad_norm"] = optax.tree.norm(grads)
     return new_state, metrics
 
@@ -166,7 +166,7 @@ def compile_train_step(
     loss_config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
     prepare_clips: PrepareClips | None = None,
-    grad_norm: bool = True,
+    log_grad_norm: bool = True,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict]]:
     step = functools.partial(
         train_step,
@@ -175,7 +175,7 @@ def compile_train_step(
         num_classes=num_classes,
         loss_config=loss_config,
         prepare_clips=prepare_clips,
-        grad_norm=grad_norm,
+        log_grad_norm=log_grad_norm,
     )
     return jax.jit(
         step,

@@ -93,7 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     train_step = steps.compile_train_step(
         graphs, tx, num_classes, config.loss, mesh, clip_preparation.prepare_train_clips(config),
-        grad_norm=config.log_grad_norm,
+        log_grad_norm=config.log_grad_norm,
     )
     embed_fn = steps.compile_embed(graphs, mesh, clip_preparation.prepare_eval_clips(config))
     start_step = int(state.step)

@@ -35,7 +35,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_every_exported_name_loads_from_its_module():
-    # The package loads its modules on first use; a name mapped to the wrong module fails here.
+    # The package loads its modules on first use; a name its mapped module lacks fails here.
     for name in inspection.__all__:
         assert getattr(inspection, name).__module__.startswith("psta_jax.inspection."), name
     assert set(inspection.__all__) <= set(dir(inspection))

@@ -102,7 +102,7 @@ def test_step_without_grad_norm_metric_takes_the_same_step(setup):
     batch = sharding.shard_batch(tiny_batch(num_ids=2, per_id=2), mesh)
     reference, ref_metrics = step(jax.tree.map(jnp.copy, state), batch)
     plain_step = steps.compile_train_step(graphs, tx, NUM_CLASSES, config.loss, mesh,
-                                          grad_norm=False)
+                                          log_grad_norm=False)
     new_state, metrics = plain_step(jax.tree.map(jnp.copy, state), batch)
     assert set(metrics) == set(ref_metrics) - {"grad_norm"}
     np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-6)
