@@ -66,23 +66,31 @@ BASELINES = ("release", "backbone")
 # ----------------------------------------------------------------------------- hardware
 
 
-def cpu_peak_gflops(cores: int) -> tuple[float, str]:
+def cpu_peak_gflops(cores: int, cpuinfo: str = "/proc/cpuinfo") -> tuple[float, str]:
     """FP32 peak of `cores` cores: 2 FMA units x lanes x 2 flops x clock (from
-    /proc/cpuinfo; AVX-512 doubles the lanes of AVX2)."""
-    mhz, flags = 0.0, set()
+    /proc/cpuinfo; AVX-512 doubles the lanes of AVX2), and a note naming the CPU (model name,
+    family/model, clock): the same benchmark's ratios differ between hosts, so a run says
+    which it had."""
+    mhz, flags, fields = 0.0, set(), {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "cpu MHz":
+                key, value = key.strip(), value.strip()
+                if key == "cpu MHz":
                     mhz = max(mhz, float(value))
-                elif key.strip() == "flags":
+                elif key == "flags":
                     flags = set(value.split())
+                elif key in ("model name", "cpu family", "model"):
+                    fields.setdefault(key, value)
     except OSError:
         return float("nan"), "unknown CPU"
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     peak = cores * 2 * lanes * 2 * mhz / 1e3
-    return peak, f"{cores} cores x 2 FMA x {lanes} fp32 lanes x 2 flops x {mhz / 1e3:.2f} GHz"
+    cpu = (f"{fields.get('model name', 'unknown CPU')}, family {fields.get('cpu family', '?')} "
+           f"model {fields.get('model', '?')}")
+    return peak, (f"{cpu}: {cores} cores x 2 FMA x {lanes} fp32 lanes x 2 flops x "
+                  f"{mhz / 1e3:.2f} GHz")
 
 
 # ----------------------------------------------------------------------------- PyTorch

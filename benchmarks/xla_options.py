@@ -53,6 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_throughput import (  # noqa: E402 (sibling benchmarks)
     TorchBaseline,
     build_embed,
+    cpu_peak_gflops,
     interleaved_rounds,
     timed,
 )
@@ -219,7 +220,10 @@ def main() -> None:
     clips = (config.batch.identities * config.batch.instances if args.program == "train"
              else args.eval_batch)
     steps = args.steps_per_call if args.program == "train" else 1
-    print(f"{args.program} ({clips} clips, {args.dtype}) on {jax.devices()[0].device_kind}, "
+    device = jax.devices()[0]
+    machine = (cpu_peak_gflops(len(os.sched_getaffinity(0)))[1] if device.platform == "cpu"
+               else device.device_kind)
+    print(f"{args.program} ({clips} clips, {args.dtype}) on {machine}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load {os.getloadavg()[0]:.1f}")
     release = None
     if args.baseline:  # started (built, FLOPs counted) before our programs compile

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 
@@ -96,3 +98,21 @@ def test_xla_options_benchmark_times_config_variants_and_names_a_missing_field()
     assert result.returncode == 2
     assert "--config_variant typo: config field model.num_stage: the config has no such field" in (
         result.stderr)
+
+
+def test_cpu_peak_names_the_cpu_and_counts_its_vector_lanes(tmp_path):
+    """model_throughput's header says which CPU a run had: its ratios differ between hosts."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        import model_throughput  # noqa: PLC0415 (a script, importable from its folder)
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    cpuinfo = tmp_path / "cpuinfo"
+    processor = ("model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\n"
+                 "cpu MHz\t\t: {mhz}\nflags\t\t: fpu avx fma avx2\n\n")
+    cpuinfo.write_text(processor.format(mhz="2450.000") + processor.format(mhz="2400.000"))
+    peak, note = model_throughput.cpu_peak_gflops(2, str(cpuinfo))
+    assert abs(peak - 2 * 2 * 8 * 2 * 2.45) < 1e-9  # the fastest core's clock, AVX2's 8 lanes
+    assert note.startswith("AMD EPYC, family 25 model 1: 2 cores x 2 FMA x 8 fp32 lanes")
+    assert model_throughput.cpu_peak_gflops(2, str(tmp_path / "missing")) == (
+        pytest.approx(float("nan"), nan_ok=True), "unknown CPU")
