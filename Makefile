@@ -4,8 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= workdirs/demo
+SEED ?= 0
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadgroup
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +18,23 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m psta_jax.main --config=configs/demo.py --workdir=$(WORKDIR)
+	$(PY) -m psta_jax.main --config=configs/demo.py --workdir=$(WORKDIR) --config.seed=$(SEED)
 
+# The whole suite (what CI runs).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PYTEST) tests
+
+# Minutes: everything but the full-size model and the multi-process / benchmark runs.
+test-fast: $(STAMP)
+	$(PYTEST) -m "not full_model and not slow" tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check psta_jax tests benchmarks configs
+	$(PY) -m ruff format --check psta_jax tests benchmarks configs
+
+format: $(STAMP)
+	$(PY) -m ruff format psta_jax tests benchmarks configs
+	$(PY) -m ruff check --fix psta_jax tests benchmarks configs
 
 bench: $(STAMP)
 	$(PY) benchmarks/evaluation.py

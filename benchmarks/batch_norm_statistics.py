@@ -21,7 +21,7 @@ import os
 import statistics
 import sys
 
-from psta_jax import xla_cpu
+from psta_jax.runtime import xla_cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_throughput import TorchBaseline, interleaved_rounds, timed  # noqa: E402 (sibling)
@@ -46,8 +46,10 @@ def build_variants(config, steps_per_call: int) -> dict:
     finally:
         batch_norm.ONE_PASS_BELOW_FLOAT32 = default
     if len(set(programs.values())) != len(programs):
-        raise RuntimeError("the one-pass and two-pass programs are the same: the switch in "
-                           "psta_jax/models/batch_norm.py was not read while tracing")
+        raise RuntimeError(
+            "the one-pass and two-pass programs are the same: the switch in "
+            "psta_jax/models/batch_norm.py was not read while tracing"
+        )
     return calls
 
 
@@ -58,8 +60,12 @@ def main() -> None:
     parser.add_argument("--identities", type=int, default=None)
     parser.add_argument("--instances", type=int, default=None)
     parser.add_argument("--baselines", default="release", help="'release' or '' for none")
-    parser.add_argument("--model", choices=("release", "demo"), default="release",
-                        help="release: ResNet-50 at 256x128; demo: configs/demo.py's network")
+    parser.add_argument(
+        "--model",
+        choices=("release", "demo"),
+        default="release",
+        help="release: ResNet-50 at 256x128; demo: configs/demo.py's network",
+    )
     args = parser.parse_args()
     if args.baselines not in ("release", ""):
         parser.error(f"--baselines: expected 'release' or '', got {args.baselines!r}")
@@ -71,29 +77,46 @@ def main() -> None:
 
     config = benchmark_config(args.model, args.identities, args.instances, on_cpu)
     clips = config.batch.identities * config.batch.instances
-    print(f"bf16 train step, {jax.devices()[0].device_kind}, P={config.batch.identities} x "
-          f"K={config.batch.instances}, {args.steps_per_call} steps per wait, "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"bf16 train step, {jax.devices()[0].device_kind}, P={config.batch.identities} x "
+        f"K={config.batch.instances}, {args.steps_per_call} steps per wait, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     # The release is started (built, FLOPs counted) before our programs compile.
-    release = (TorchBaseline(len(os.sched_getaffinity(0)), "release", "train", clips,
-                             config.batch.instances, "cpu" if on_cpu else "cuda",
-                             args.steps_per_call) if args.baselines else None)
+    release = (
+        TorchBaseline(
+            len(os.sched_getaffinity(0)),
+            "release",
+            "train",
+            clips,
+            config.batch.instances,
+            "cpu" if on_cpu else "cuda",
+            args.steps_per_call,
+        )
+        if args.baselines
+        else None
+    )
     steps = args.steps_per_call
-    runs = {name: lambda call=call: timed(call)[0] / steps
-            for name, call in build_variants(config, steps).items()}
+    runs = {
+        name: lambda call=call: timed(call)[0] / steps
+        for name, call in build_variants(config, steps).items()
+    }
     if release:
         runs["release"] = lambda: release.run()[0] / steps
     times = interleaved_rounds(runs, args.repeats)
     if release:
         release.close()
 
-    print(f"{'variant':9s} {'best clips/s':>12s} {'median':>8s} {'ms/step':>8s} "
-          f"{'vs release':>10s}")
+    print(
+        f"{'variant':9s} {'best clips/s':>12s} {'median':>8s} {'ms/step':>8s} {'vs release':>10s}"
+    )
     for name, step_times in times.items():
         best = min(step_times)
         ratio = f"{min(times['release']) / best:9.3f}x" if "release" in times else ""
-        print(f"{name:9s} {clips / best:12.1f} {clips / statistics.median(step_times):8.1f} "
-              f"{1e3 * best:8.2f} {ratio:>10s}")
+        print(
+            f"{name:9s} {clips / best:12.1f} {clips / statistics.median(step_times):8.1f} "
+            f"{1e3 * best:8.2f} {ratio:>10s}"
+        )
 
 
 if __name__ == "__main__":

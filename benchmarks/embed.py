@@ -3,7 +3,7 @@ tracklet embeddings out, through the same code (folder scan and frame check, the
 pipeline with the checkpoint's test sampler, the jitted model on all devices, clip averaging).
 
     python benchmarks/embed.py [--model demo|full] [--tracklets N] [--frames F]
-        [--batch-size B]
+        [--batch_size B]
 
 `demo`: the demo's network (ResNet-18 width 16, 64x32, T=8, feature 128; configs/demo.py);
 `full`: the paper's (ResNet-50, 256x128, T=8; configs/mars.py). Random weights, saved as a
@@ -21,7 +21,7 @@ import pathlib
 import sys
 import tempfile
 
-from psta_jax import xla_cpu
+from psta_jax.runtime import xla_cpu
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODELS = {"demo": ("configs/demo.py", 64), "full": ("configs/mars.py", 625)}
@@ -38,15 +38,18 @@ def load_config(model: str):
 def write_checkpoint(config, num_classes: int, workdir: pathlib.Path) -> None:
     from flax import nnx
 
-    from psta_jax import checkpointing, steps
     from psta_jax.models import build_model
-    from psta_jax.testing import random_model
+    from psta_jax.models.random_weights import random_model
+    from psta_jax.runtime import checkpointing
+    from psta_jax.runtime import workdir as workdir_lib
+    from psta_jax.training import steps
 
-    model = random_model(lambda: build_model(config.model, num_classes, nnx.Rngs(0)))
+    model_config = config.model.to_dict()
+    model = random_model(lambda: build_model(model_config, num_classes, nnx.Rngs(0)))
     _, params, model_state = steps.split_model(model)
     with checkpointing.Checkpoints(workdir, async_save=False) as manager:
         manager.save(0, {"model": {"params": params, "model_state": model_state}})
-    checkpointing.write_config(workdir, config, num_classes=num_classes)
+    workdir_lib.write_run_config(workdir, config, num_classes)
 
 
 def write_tracklets(root: pathlib.Path, count: int, frames: int, size) -> None:
@@ -66,19 +69,25 @@ def main(argv=None) -> None:
     xla_cpu.configure_for_cpu_if_needed()  # before JAX starts its backends
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="demo")
-    parser.add_argument("--tracklets", type=int, default=None,
-                        help="default: 8 batches (demo), 3 batches (full)")
+    parser.add_argument(
+        "--tracklets", type=int, default=None, help="default: 8 batches (demo), 3 batches (full)"
+    )
     parser.add_argument("--frames", type=int, default=24, help="frames per tracklet")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="clips per batch (default: the config's eval batch)")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="clips per batch (default: the config's eval batch)",
+    )
     args = parser.parse_args(argv)
 
     import jax
 
-    from psta_jax import input_pipeline
-    from psta_jax.serving import embedder, tracklets, trained_model
+    from psta_jax.runtime import cli
+    from psta_jax.serving import embedder, tracklets
+    from psta_jax.training import trained_model
 
-    input_pipeline.disable_tf_accelerators()
+    cli.keep_tensorflow_on_host(show_everything=False)
     config, num_classes = load_config(args.model)
     batch = args.batch_size or config.input.eval_batch_size
     count = args.tracklets or batch * (8 if args.model == "demo" else 3)
@@ -86,19 +95,24 @@ def main(argv=None) -> None:
         tmp = pathlib.Path(tmp)
         write_checkpoint(config, num_classes, tmp / "ckpt")
         write_tracklets(tmp / "tracklets", count, args.frames, tuple(config.model.image_size))
-        model = trained_model.load(tmp / "ckpt")
+        model = trained_model.load_trained_model(tmp / "ckpt")
         # embed_folder's steps, keeping the throughput it reports.
         store = tracklets.read_store(tracklets.scan_folder(tmp / "tracklets"))
-        features, throughput = embedder.embed_store(model, store, batch_size=batch,
-                                                    show_progress=False)
+        features, throughput = embedder.embed_store(
+            model, store, batch_size=batch, show_progress=False
+        )
         assert features.shape == (count, config.model.feature_dim)
     load = os.getloadavg()
-    print(f"embed, {args.model} model ({config.model.depth}-layer ResNet width "
-          f"{config.model.width}, {tuple(config.model.image_size)}, T={config.model.seq_len}, "
-          f"test sampler {config.input.test_sampler}), {count} tracklets of {args.frames} "
-          f"JPEG frames, batch {batch}, {jax.device_count()} {jax.default_backend()} device(s)")
-    print(f"  steady: {throughput.steady_clips_per_second:.1f} clips/s "
-          f"({throughput.steady_clips} clips after the first batch)")
+    print(
+        f"embed, {args.model} model ({config.model.depth}-layer ResNet width "
+        f"{config.model.width}, {tuple(config.model.image_size)}, T={config.model.seq_len}, "
+        f"test sampler {config.input.test_sampler}), {count} tracklets of {args.frames} "
+        f"JPEG frames, batch {batch}, {jax.device_count()} {jax.default_backend()} device(s)"
+    )
+    print(
+        f"  steady: {throughput.steady_clips_per_second:.1f} clips/s "
+        f"({throughput.steady_clips} clips after the first batch)"
+    )
     print(f"  whole run incl. compilation: {throughput.clips_per_second:.1f} clips/s")
     print(f"  load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")
 

@@ -53,7 +53,7 @@ import resource
 import sys
 import time
 
-from psta_jax import xla_cpu
+from psta_jax.runtime import xla_cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_step import build_train_step, peak_memory, steps_call  # noqa: E402 (sibling)
@@ -87,17 +87,19 @@ def cpu_peak_gflops(cores: int, cpuinfo: str = "/proc/cpuinfo") -> tuple[float, 
         return float("nan"), "unknown CPU"
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     peak = cores * 2 * lanes * 2 * mhz / 1e3
-    cpu = (f"{fields.get('model name', 'unknown CPU')}, family {fields.get('cpu family', '?')} "
-           f"model {fields.get('model', '?')}")
-    return peak, (f"{cpu}: {cores} cores x 2 FMA x {lanes} fp32 lanes x 2 flops x "
-                  f"{mhz / 1e3:.2f} GHz")
+    cpu = (
+        f"{fields.get('model name', 'unknown CPU')}, family {fields.get('cpu family', '?')} "
+        f"model {fields.get('model', '?')}"
+    )
+    return peak, (
+        f"{cpu}: {cores} cores x 2 FMA x {lanes} fp32 lanes x 2 flops x {mhz / 1e3:.2f} GHz"
+    )
 
 
 # ----------------------------------------------------------------------------- PyTorch
 
 
-def torch_call(model_name: str, kind: str, clips: int, instances: int, device: str,
-               steps: int = 1):
+def torch_call(model_name: str, kind: str, clips: int, instances: int, device: str, steps: int = 1):
     """One measured call of a PyTorch baseline on `device`, on fixed random uint8 clips
     (B, T, 3, H, W) that it turns into ImageNet-normalised floats, as our programs do on
     device; train batches hold B / `instances` identities, and a train call runs `steps`
@@ -107,8 +109,9 @@ def torch_call(model_name: str, kind: str, clips: int, instances: int, device: s
     from psta_jax.interop import torch_model  # noqa: PLC0415 (imports torch)
 
     generator = torch.Generator().manual_seed(0)
-    uint8_clips = torch.randint(0, 256, (clips, CLIP_LEN, 3, *IMAGE_SIZE), dtype=torch.uint8,
-                                generator=generator).to(device)
+    uint8_clips = torch.randint(
+        0, 256, (clips, CLIP_LEN, 3, *IMAGE_SIZE), dtype=torch.uint8, generator=generator
+    ).to(device)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
 
@@ -142,11 +145,13 @@ def torch_call(model_name: str, kind: str, clips: int, instances: int, device: s
             with torch.no_grad():
                 forward(prepare())
             synchronize()
+
         return call
 
     model.train()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                 lr=3.5e-4, weight_decay=5e-4)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=3.5e-4, weight_decay=5e-4
+    )
 
     def call():
         for _ in range(steps):
@@ -154,11 +159,21 @@ def torch_call(model_name: str, kind: str, clips: int, instances: int, device: s
             loss(forward(prepare())).backward()
             optimizer.step()
         synchronize()
+
     return call
 
 
-def torch_worker(conn, threads: int, model_name: str, kind: str, clips: int, instances: int,
-                 device: str, steps: int, keep_heap: bool = False) -> None:
+def torch_worker(
+    conn,
+    threads: int,
+    model_name: str,
+    kind: str,
+    clips: int,
+    instances: int,
+    device: str,
+    steps: int,
+    keep_heap: bool = False,
+) -> None:
     """Builds one baseline call, counts its FLOPs (one untimed call), sends ('ready',
     GFLOP), then serves requests: (wall s, CPU s, GFLOP, peak memory GiB: this process's
     peak RSS on the CPU, the GPU's peak allocated bytes on CUDA). With `keep_heap`, glibc
@@ -189,14 +204,24 @@ class TorchBaseline:
     """One PyTorch baseline measure (model, kind, clips) in its own child process: its
     threads never compete with XLA's, and its peak memory is that measure's alone."""
 
-    def __init__(self, threads: int, model_name: str, kind: str, clips: int, instances: int,
-                 device: str, steps: int = 1, keep_heap: bool = False):
+    def __init__(
+        self,
+        threads: int,
+        model_name: str,
+        kind: str,
+        clips: int,
+        instances: int,
+        device: str,
+        steps: int = 1,
+        keep_heap: bool = False,
+    ):
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(
             target=torch_worker,
             args=(child, threads, model_name, kind, clips, instances, device, steps, keep_heap),
-            daemon=True)
+            daemon=True,
+        )
         self._process.start()
         _, self.gflop = self._conn.recv()  # built and counted: one child at a time
         self.peak_gib = float("nan")
@@ -217,8 +242,11 @@ class TorchBaseline:
 
 def ours_name(dtype: str) -> str:
     """Our rows' label: 'ours' in float32, 'ours-bf16' in bfloat16, ..."""
-    return "ours" if dtype == "float32" else "ours-" + dtype.replace("bfloat", "bf").replace(
-        "float", "f")
+    return (
+        "ours"
+        if dtype == "float32"
+        else "ours-" + dtype.replace("bfloat", "bf").replace("float", "f")
+    )
 
 
 def build_embed(config, *batches: int) -> tuple:
@@ -227,23 +255,33 @@ def build_embed(config, *batches: int) -> tuple:
     import numpy as np  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
 
-    from psta_jax import clip_preparation, sharding, steps  # noqa: PLC0415
+    from psta_jax import config_base  # noqa: PLC0415
+    from psta_jax.input import preprocess  # noqa: PLC0415
     from psta_jax.models import build_model  # noqa: PLC0415
-    from psta_jax.testing import random_model  # noqa: PLC0415
+    from psta_jax.models.random_weights import random_model  # noqa: PLC0415
+    from psta_jax.runtime import sharding  # noqa: PLC0415
+    from psta_jax.training import steps  # noqa: PLC0415
 
     mesh = sharding.make_mesh()
-    model = random_model(lambda: build_model(config.model, NUM_CLASSES, nnx.Rngs(0)))
+    model_config = config.model.to_dict()
+    model = random_model(lambda: build_model(model_config, NUM_CLASSES, nnx.Rngs(0)))
     graphs, params, model_state = steps.split_model(model)
-    embed = steps.compile_embed(graphs, mesh, clip_preparation.prepare_eval_clips(config))
+    preparation = preprocess.clip_preparation(config_base.eval_input(config))
+    embed = steps.compile_embed(graphs, mesh, preparation)
     rng = np.random.default_rng(0)
     shape = (config.model.seq_len, *config.model.image_size, 3)
-    clips = [sharding.shard_batch({"clips": rng.integers(0, 256, (batch, *shape), np.uint8)},
-                                  mesh)["clips"] for batch in batches]
+    clips = [
+        sharding.shard_batch({"clips": rng.integers(0, 256, (batch, *shape), np.uint8)}, mesh)[
+            "clips"
+        ]
+        for batch in batches
+    ]
     return embed, params, model_state, *clips
 
 
-def build_ours(eval_batches: list[int], train: tuple[int, int] | None, dtype: str,
-               train_steps: int = 1) -> dict:
+def build_ours(
+    eval_batches: list[int], train: tuple[int, int] | None, dtype: str, train_steps: int = 1
+) -> dict:
     """{(kind, clips): (call, GFLOP per call)} for our eval programs (one per batch) and,
     with `train` = (P, K), `train_steps` train steps per call, computing in `dtype`."""
     import jax  # noqa: PLC0415
@@ -266,9 +304,11 @@ def build_ours(eval_batches: list[int], train: tuple[int, int] | None, dtype: st
         step, state, batch = build_train_step(config, dtype)
         step = step.lower(state, batch).compile()
         flops = step.cost_analysis()["flops"]
-        calls[("train", train[0] * train[1])] = (steps_call(step, state, batch, train_steps),
-                                                 train_steps * flops / 1e9)
-    xla_cpu.release_compilation_memory()  # as psta_jax.train does after compiling
+        calls[("train", train[0] * train[1])] = (
+            steps_call(step, state, batch, train_steps),
+            train_steps * flops / 1e9,
+        )
+    xla_cpu.release_compilation_memory()  # as psta_jax.training.loop does after compiling
     return calls
 
 
@@ -301,22 +341,45 @@ def main() -> None:
     parser.add_argument("--eval_batches", default="1", help="comma-separated clip counts")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds")
     parser.add_argument("--skip_train", action="store_true")
-    parser.add_argument("--train_steps_per_call", type=int, default=1,
-                        help="train steps per timed call, waiting for the last only")
-    parser.add_argument("--train_identities", type=int, default=None,
-                        help="P of the train batch (default 2 on the CPU, 8 on accelerators)")
-    parser.add_argument("--train_instances", type=int, default=None,
-                        help="K of the train batch (default 2 on the CPU, 4 on accelerators)")
-    parser.add_argument("--baselines", default=",".join(BASELINES),
-                        help=f"PyTorch baselines to time, comma-separated, of {BASELINES} "
-                             "('' for none)")
-    parser.add_argument("--dtypes", default="float32",
-                        help="our compute dtypes, comma-separated (float32, bfloat16)")
-    parser.add_argument("--jaxlib_default_flags", action="store_true",
-                        help="do not apply psta_jax.xla_cpu's setup (flags, heap kept)")
-    parser.add_argument("--baselines_keep_heap", action="store_true",
-                        help="give the PyTorch baselines our glibc heap settings too "
-                             "(xla_cpu.keep_freed_memory): programs compared, not allocators")
+    parser.add_argument(
+        "--train_steps_per_call",
+        type=int,
+        default=1,
+        help="train steps per timed call, waiting for the last only",
+    )
+    parser.add_argument(
+        "--train_identities",
+        type=int,
+        default=None,
+        help="P of the train batch (default 2 on the CPU, 8 on accelerators)",
+    )
+    parser.add_argument(
+        "--train_instances",
+        type=int,
+        default=None,
+        help="K of the train batch (default 2 on the CPU, 4 on accelerators)",
+    )
+    parser.add_argument(
+        "--baselines",
+        default=",".join(BASELINES),
+        help=f"PyTorch baselines to time, comma-separated, of {BASELINES} ('' for none)",
+    )
+    parser.add_argument(
+        "--dtypes",
+        default="float32",
+        help="our compute dtypes, comma-separated (float32, bfloat16)",
+    )
+    parser.add_argument(
+        "--jaxlib_default_flags",
+        action="store_true",
+        help="do not apply psta_jax.runtime.xla_cpu's setup (flags, heap kept)",
+    )
+    parser.add_argument(
+        "--baselines_keep_heap",
+        action="store_true",
+        help="give the PyTorch baselines our glibc heap settings too "
+        "(xla_cpu.keep_freed_memory): programs compared, not allocators",
+    )
     parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS (experiments)")
     args = parser.parse_args()
     if not args.jaxlib_default_flags:
@@ -333,11 +396,19 @@ def main() -> None:
     on_cpu = device.platform == "cpu"
     torch_device = "cpu" if on_cpu else "cuda"
     peak, peak_note = cpu_peak_gflops(cores) if on_cpu else (float("nan"), "not computed")
-    print(f"jax {jax.__version__} on {device.device_kind} ({device.platform}); {cores} usable "
-          f"CPU cores, FP32 peak {peak:.0f} GFLOP/s ({peak_note}); "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()[0]:.1f}")
-    train = None if args.skip_train else (args.train_identities or (2 if on_cpu else 8),
-                                          args.train_instances or (2 if on_cpu else 4))
+    print(
+        f"jax {jax.__version__} on {device.device_kind} ({device.platform}); {cores} usable "
+        f"CPU cores, FP32 peak {peak:.0f} GFLOP/s ({peak_note}); "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load {os.getloadavg()[0]:.1f}"
+    )
+    train = (
+        None
+        if args.skip_train
+        else (
+            args.train_identities or (2 if on_cpu else 8),
+            args.train_instances or (2 if on_cpu else 4),
+        )
+    )
     measures = [("eval", int(b)) for b in args.eval_batches.split(",") if b]
     steps = {"eval": 1, "train": args.train_steps_per_call}
     if train:
@@ -348,24 +419,43 @@ def main() -> None:
         parser.error(f"--baselines: unknown {unknown}; expected some of {BASELINES}")
     instances = train[1] if train else 1
     # Started (built, FLOPs counted) one at a time, before our programs compile.
-    baselines = {(kind, clips, name): TorchBaseline(cores, name, kind, clips, instances,
-                                                    torch_device, steps[kind],
-                                                    keep_heap=args.baselines_keep_heap)
-                 for kind, clips in measures for name in baseline_names}
+    baselines = {
+        (kind, clips, name): TorchBaseline(
+            cores,
+            name,
+            kind,
+            clips,
+            instances,
+            torch_device,
+            steps[kind],
+            keep_heap=args.baselines_keep_heap,
+        )
+        for kind, clips in measures
+        for name in baseline_names
+    }
     ours_names = [ours_name(dtype) for dtype in args.dtypes.split(",")]
     calls = {}  # (kind, clips, who) -> (call, GFLOP)
     for dtype, who in zip(args.dtypes.split(","), ours_names, strict=True):
-        built = build_ours([clips for kind, clips in measures if kind == "eval"], train, dtype,
-                           args.train_steps_per_call)
+        built = build_ours(
+            [clips for kind, clips in measures if kind == "eval"],
+            train,
+            dtype,
+            args.train_steps_per_call,
+        )
         calls.update({(kind, clips, who): call for (kind, clips), call in built.items()})
 
     best: dict = {}
     for round_index in range(args.repeats + 1):  # round 0 warms up (compiles) and is dropped
         for kind, clips in measures:
-            runs = [(who, lambda call=calls[(kind, clips, who)][0]: timed(call),
-                     calls[(kind, clips, who)][1]) for who in ours_names]
-            runs += [(name, baselines[(kind, clips, name)].run, None)
-                     for name in baseline_names]
+            runs = [
+                (
+                    who,
+                    lambda call=calls[(kind, clips, who)][0]: timed(call),
+                    calls[(kind, clips, who)][1],
+                )
+                for who in ours_names
+            ]
+            runs += [(name, baselines[(kind, clips, name)].run, None) for name in baseline_names]
             for who, run, gflop in runs:
                 result = run()
                 wall, cpu = result[:2]
@@ -378,9 +468,11 @@ def main() -> None:
     for baseline in baselines.values():
         baseline.close()
 
-    print(f"{'measure':18s} {'who':9s} {'clips/s':>8s} {'s/batch':>7s} {'ours/it':>7s} "
-          f"{'GFLOP':>6s} {'GFLOP/s':>8s} {'%peak':>6s} {'cpu/wall':>8s} {'load':>5s} "
-          f"{'peak GiB':>8s}")
+    print(
+        f"{'measure':18s} {'who':9s} {'clips/s':>8s} {'s/batch':>7s} {'ours/it':>7s} "
+        f"{'GFLOP':>6s} {'GFLOP/s':>8s} {'%peak':>6s} {'cpu/wall':>8s} {'load':>5s} "
+        f"{'peak GiB':>8s}"
+    )
     rates: dict = {}
     for kind, clips in measures:
         for who in (*ours_names, *baseline_names):
@@ -398,29 +490,42 @@ def main() -> None:
             first_ours = rates[(kind, clips, ours_names[0])]
             ratio = f"{first_ours / rate:6.2f}x" if who not in ours_names else ""
             memory = baselines[(kind, clips, who)].peak_gib if who in baseline_names else ours_peak
-            print(f"{kind + f' ({clips} clips)':18s} {who:9s} {rate:8.3f} {wall:7.3f} "
-                  f"{ratio:>7s} {gflop:6.0f} {gflop / wall:8.1f} {100 * gflop / wall / peak:5.1f}%"
-                  f" {cpu / wall:8.2f} {load:5.1f} {memory:8.2f}")
+            print(
+                f"{kind + f' ({clips} clips)':18s} {who:9s} {rate:8.3f} {wall:7.3f} "
+                f"{ratio:>7s} {gflop:6.0f} {gflop / wall:8.1f} {100 * gflop / wall / peak:5.1f}%"
+                f" {cpu / wall:8.2f} {load:5.1f} {memory:8.2f}"
+            )
     for who in ours_names:
         for name in baseline_names:
-            pairs = [f"{kind} ({clips} clips) "
-                     f"{rates[(kind, clips, who)] / rates[(kind, clips, name)]:.2f}x"
-                     for kind, clips in measures if (kind, clips, name) in rates]
+            pairs = [
+                f"{kind} ({clips} clips) "
+                f"{rates[(kind, clips, who)] / rates[(kind, clips, name)]:.2f}x"
+                for kind, clips in measures
+                if (kind, clips, name) in rates
+            ]
             headline = " (headline: the authors' release)" if name == "release" else ""
             print(f"{who} vs {name}{headline}: " + ", ".join(pairs))
-    print(f"ours/it: {ours_names[0]}'s clips/s over that row's in this run (> 1: ours is "
-          "faster); 'release' is the authors' PyTorch PSTA with its loss, 'backbone' its "
-          f"ResNet-50 alone, both float32 on {torch_device}"
-          + (", with our glibc heap settings." if args.baselines_keep_heap else "."))
+    print(
+        f"ours/it: {ours_names[0]}'s clips/s over that row's in this run (> 1: ours is "
+        "faster); 'release' is the authors' PyTorch PSTA with its loss, 'backbone' its "
+        f"ResNet-50 alone, both float32 on {torch_device}"
+        + (", with our glibc heap settings." if args.baselines_keep_heap else ".")
+    )
     if not on_cpu:
-        print("GFLOP on a GPU: the release's FlopCounterMode count for ours too (XLA's cost "
-              "analysis leaves out cuDNN's convolutions); nan where the release did not run.")
+        print(
+            "GFLOP on a GPU: the release's FlopCounterMode count for ours too (XLA's cost "
+            "analysis leaves out cuDNN's convolutions); nan where the release did not run."
+        )
     if on_cpu:
-        print("peak GiB: peak RSS of the process: ours one process for all our programs "
-              "(every dtype, compilation included), each PyTorch row its own child process.")
+        print(
+            "peak GiB: peak RSS of the process: ours one process for all our programs "
+            "(every dtype, compilation included), each PyTorch row its own child process."
+        )
     else:
-        print("peak GiB: the GPU's peak bytes in use: ours over all our programs (every dtype; "
-              "JAX's memory_stats), each PyTorch row its own process (max_memory_allocated).")
+        print(
+            "peak GiB: the GPU's peak bytes in use: ours over all our programs (every dtype; "
+            "JAX's memory_stats), each PyTorch row its own process (max_memory_allocated)."
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import resource
 import sys
 import time
 
-from psta_jax import xla_cpu
+from psta_jax.runtime import xla_cpu
 
 NUM_CLASSES = 625
 RELEASE_CPU_STEP_S = 10.3  # P=2 x K=2, fp32, 2 threads, this machine at load < 1 (issue 12)
@@ -54,19 +54,27 @@ def build_train_step(config, dtype: str):
     """(jitted step, replicated state, sharded batch) as psta_jax.main builds them."""
     from flax import nnx  # noqa: PLC0415
 
-    from psta_jax import clip_preparation, optimizer, sharding, steps  # noqa: PLC0415
+    from psta_jax import config_base  # noqa: PLC0415
+    from psta_jax.input import preprocess  # noqa: PLC0415
     from psta_jax.models import build_model  # noqa: PLC0415
-    from psta_jax.testing import random_model  # noqa: PLC0415
+    from psta_jax.models.random_weights import random_model  # noqa: PLC0415
+    from psta_jax.runtime import sharding  # noqa: PLC0415
+    from psta_jax.training import losses, optimizer, steps  # noqa: PLC0415
 
     config = config.copy_and_resolve_references()
     config.model.dtype = dtype
     mesh = sharding.make_mesh()
-    tx, _ = optimizer.create_optimizer(config.optimizer, steps_per_epoch=100)
+    tx, _ = optimizer.create_optimizer(100, **config.optimizer.to_dict())
+    model_config = config.model.to_dict()
     graphs, state = steps.create_train_state(
-        random_model(lambda: build_model(config.model, NUM_CLASSES, nnx.Rngs(0))), tx, mesh
+        random_model(lambda: build_model(model_config, NUM_CLASSES, nnx.Rngs(0))), tx, mesh
     )
     step = steps.compile_train_step(
-        graphs, tx, NUM_CLASSES, config.loss, mesh, clip_preparation.prepare_train_clips(config),
+        graphs,
+        tx,
+        losses.bound_psta_loss(NUM_CLASSES, **config.loss.to_dict()),
+        mesh,
+        preprocess.clip_preparation(config_base.train_input(config)),
         log_grad_norm=config.log_grad_norm,
     )
     batch_size = config.batch.identities * config.batch.instances
@@ -88,8 +96,7 @@ def steps_call(step, state, batch, steps_per_call: int):
     return call
 
 
-def benchmark_config(model: str, identities: int | None, instances: int | None,
-                     on_cpu: bool):
+def benchmark_config(model: str, identities: int | None, instances: int | None, on_cpu: bool):
     """The release's recipe (no dataset, nor TFDS, needed) with the network `model`
     (release: ResNet-50 at 256x128; demo: configs/demo.py's) and a P x K batch, by default
     P=2 x K=2 on the CPU and the paper's P=8 x K=4 on accelerators."""
@@ -140,8 +147,10 @@ def peak_memory(steps_only: bool) -> dict[str, float]:
     device = jax.local_devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "peak_bytes_in_use" in stats:
-        return {"device peak": stats["peak_bytes_in_use"] / 2**30,
-                "device in use": stats.get("bytes_in_use", 0) / 2**30}
+        return {
+            "device peak": stats["peak_bytes_in_use"] / 2**30,
+            "device in use": stats.get("bytes_in_use", 0) / 2**30,
+        }
     memory = {"host peak RSS": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     if steps_only:
         memory["steps' peak RSS"] = _proc_status_gib("VmHWM")
@@ -157,7 +166,7 @@ def measure(config, dtype: str, num_steps: int, profile_dir: str | None = None) 
     step = step.lower(state, batch).compile()  # the one compilation; run below as is
     compile_s = time.perf_counter() - start
     plan = compiled_memory(step)
-    xla_cpu.release_compilation_memory()  # as psta_jax.train does after compiling
+    xla_cpu.release_compilation_memory()  # as psta_jax.training.loop does after compiling
     steps_only = reset_host_peak()
     start = time.perf_counter()
     state, metrics = step(state, batch)
@@ -201,8 +210,7 @@ def measure_in_child(config, dtype: str, num_steps: int, profile_dir: str | None
     """`measure` in a fresh process: its peak memory is this step's alone."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_child,
-                              args=(config, dtype, num_steps, profile_dir, queue))
+    process = context.Process(target=_child, args=(config, dtype, num_steps, profile_dir, queue))
     process.start()
     result = queue.get()
     process.join()
@@ -216,8 +224,9 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--remat", action="store_true")
-    parser.add_argument("--profile_dir", default=None,
-                        help="trace three more steps per dtype into DIR/DTYPE")
+    parser.add_argument(
+        "--profile_dir", default=None, help="trace three more steps per dtype into DIR/DTYPE"
+    )
     parser.add_argument(
         "--model",
         choices=("release", "demo"),
@@ -234,8 +243,10 @@ def main() -> None:
         f"T={config.model.seq_len}, P={config.batch.identities} x K={config.batch.instances}, "
         f"remat={args.remat}, {'CPU' if on_cpu else 'accelerator'}, load {os.getloadavg()[0]:.1f}"
     )
-    rows = [measure_in_child(config, dtype, args.steps, args.profile_dir)
-            for dtype in args.dtypes.split(",")]
+    rows = [
+        measure_in_child(config, dtype, args.steps, args.profile_dir)
+        for dtype in args.dtypes.split(",")
+    ]
     print(
         f"{'dtype':10s} {'clips':>5s} {'compile':>8s} {'step s':>7s} {'median':>7s} "
         f"{'clips/s':>7s} {'load':>5s}  peak memory (GiB)  |  XLA plan (GiB)"
@@ -250,8 +261,10 @@ def main() -> None:
             f"donated {plan['alias']:.2f}  loss {r['loss']:.3f}"
         )
     if on_cpu:
-        print(f"Release (PyTorch, fp32, P=2 x K=2) on this 2-core CPU at load < 1: "
-              f"{RELEASE_CPU_STEP_S} s per step, {RELEASE_CPU_PEAK_GB} GB peak RSS.")
+        print(
+            f"Release (PyTorch, fp32, P=2 x K=2) on this 2-core CPU at load < 1: "
+            f"{RELEASE_CPU_STEP_S} s per step, {RELEASE_CPU_PEAK_GB} GB peak RSS."
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ fields changed, timed interleaved in one process.
 The options are XLA's `DebugOptions` fields, the names XLA_FLAGS takes without their `--`
 (values: true/false, numbers, enum values spelt in full, lists comma-separated). Each
 variant is the same lowered program compiled with them (`Lowered.compile(compiler_options=
-...)`) on top of the process's XLA_FLAGS (psta_jax.xla_cpu's on the CPU); `base` compiles
+...)`) on top of the process's XLA_FLAGS (psta_jax.runtime.xla_cpu's on the CPU); `base` compiles
 with none. A --config_variant is the program built again from the config with those fields
 changed (dotted names, as --config.FIELD takes them; e.g. an ablation's model fields) and
 compiled as base is: what a change to the model or the recipe costs. Every variant runs in
@@ -47,7 +47,7 @@ import statistics
 import sys
 import time
 
-from psta_jax import xla_cpu
+from psta_jax.runtime import xla_cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_throughput import (  # noqa: E402 (sibling benchmarks)
@@ -67,11 +67,17 @@ def parse_variant(text: str, what: str = "OPTION") -> tuple[str, dict[str, Optio
     """'NAME:KEY=VALUE;KEY=VALUE' -> (NAME, {KEY: VALUE}); `what` names the keys in errors."""
     name, sep, options = text.partition(":")
     pairs = [item.partition("=") for item in options.split(";") if item]
-    if not sep or not name or name in (BASE, RELEASE) or not pairs or any(
-            not key or not eq for key, eq, _ in pairs):
+    if (
+        not sep
+        or not name
+        or name in (BASE, RELEASE)
+        or not pairs
+        or any(not key or not eq for key, eq, _ in pairs)
+    ):
         raise argparse.ArgumentTypeError(
             f"expected NAME:{what}=VALUE[;{what}=VALUE...] with NAME other than {BASE!r} and "
-            f"{RELEASE!r}, got {text!r}")
+            f"{RELEASE!r}, got {text!r}"
+        )
     return name, {key.strip().removeprefix("--"): option_value(value) for key, _, value in pairs}
 
 
@@ -122,9 +128,15 @@ def lower_program(program: str, config, eval_batch: int) -> tuple:
     return embed.lower(params, model_state, clips), (params, model_state, clips)
 
 
-def build_calls(program: str, config, variants: dict[str, dict[str, Option]],
-                config_variants: dict[str, dict[str, Option]], steps_per_call: int,
-                eval_batch: int, hlo_dir: str | None = None) -> tuple[dict, dict, dict, set]:
+def build_calls(
+    program: str,
+    config,
+    variants: dict[str, dict[str, Option]],
+    config_variants: dict[str, dict[str, Option]],
+    steps_per_call: int,
+    eval_batch: int,
+    hlo_dir: str | None = None,
+) -> tuple[dict, dict, dict, set]:
     """({variant: call}, {variant: output to compare}, {dropped variant: why}, {variants
     whose optimised HLO is base's}): `program` lowered from `config` and compiled with each
     variant's XLA options, base first, then lowered from `config` with each config variant's
@@ -137,8 +149,10 @@ def build_calls(program: str, config, variants: dict[str, dict[str, Option]],
 
     base_program = lower_program(program, config, eval_batch)
     builds = [(name, options, base_program) for name, options in {BASE: {}, **variants}.items()]
-    builds += [(name, {}, lower_program(program, with_fields(config, fields), eval_batch))
-               for name, fields in config_variants.items()]
+    builds += [
+        (name, {}, lower_program(program, with_fields(config, fields), eval_batch))
+        for name, fields in config_variants.items()
+    ]
     calls, outputs, texts, dropped, same_hlo = {}, {}, {}, {}, set()
     for name, options, (lowered, args) in builds:
         start = time.perf_counter()
@@ -159,8 +173,7 @@ def build_calls(program: str, config, variants: dict[str, dict[str, Option]],
             same_hlo.add(name)
         if program == "train":
             # Each variant steps its own copy: the step donates its state.
-            call = steps_call(compiled, jax.tree.map(jnp.copy, args[0]), args[1],
-                              steps_per_call)
+            call = steps_call(compiled, jax.tree.map(jnp.copy, args[0]), args[1], steps_per_call)
             outputs[name] = np.asarray(call()["loss"])
         else:
 
@@ -176,22 +189,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--program", choices=("train", "eval"), default="train")
     parser.add_argument("--dtype", default="float32", help="compute dtype (float32, bfloat16)")
-    parser.add_argument("--variant", action="append", type=parse_variant, default=[],
-                        help="NAME:OPTION=VALUE[;OPTION=VALUE...] (repeatable)")
-    parser.add_argument("--config_variant", action="append", type=parse_config_variant,
-                        default=[], help="NAME:FIELD=VALUE[;FIELD=VALUE...] (repeatable)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        type=parse_variant,
+        default=[],
+        help="NAME:OPTION=VALUE[;OPTION=VALUE...] (repeatable)",
+    )
+    parser.add_argument(
+        "--config_variant",
+        action="append",
+        type=parse_config_variant,
+        default=[],
+        help="NAME:FIELD=VALUE[;FIELD=VALUE...] (repeatable)",
+    )
     parser.add_argument("--repeats", type=int, default=8, help="interleaved timed rounds")
     parser.add_argument("--steps_per_call", type=int, default=1, help="train steps per wait")
     parser.add_argument("--identities", type=int, default=None)
     parser.add_argument("--instances", type=int, default=None)
     parser.add_argument("--eval_batch", type=int, default=1, help="clips per eval call")
-    parser.add_argument("--model", choices=("release", "demo"), default="release",
-                        help="release: ResNet-50 at 256x128; demo: configs/demo.py's network")
-    parser.add_argument("--hlo_dir", default=None,
-                        help="write each variant's optimised HLO to DIR/NAME.hlo.txt")
-    parser.add_argument("--baseline", choices=(RELEASE,), default=None,
-                        help="also time the authors' PyTorch release in every round "
-                             "(--model=release only)")
+    parser.add_argument(
+        "--model",
+        choices=("release", "demo"),
+        default="release",
+        help="release: ResNet-50 at 256x128; demo: configs/demo.py's network",
+    )
+    parser.add_argument(
+        "--hlo_dir", default=None, help="write each variant's optimised HLO to DIR/NAME.hlo.txt"
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=(RELEASE,),
+        default=None,
+        help="also time the authors' PyTorch release in every round (--model=release only)",
+    )
     args = parser.parse_args()
     variants, config_variants = dict(args.variant), dict(args.config_variant)
     if not variants and not config_variants:
@@ -217,22 +248,42 @@ def main() -> None:
             with_fields(config, fields)
         except ValueError as error:
             parser.error(f"--config_variant {name}: {error}")
-    clips = (config.batch.identities * config.batch.instances if args.program == "train"
-             else args.eval_batch)
+    clips = (
+        config.batch.identities * config.batch.instances
+        if args.program == "train"
+        else args.eval_batch
+    )
     steps = args.steps_per_call if args.program == "train" else 1
     device = jax.devices()[0]
-    machine = (cpu_peak_gflops(len(os.sched_getaffinity(0)))[1] if device.platform == "cpu"
-               else device.device_kind)
-    print(f"{args.program} ({clips} clips, {args.dtype}) on {machine}, "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load {os.getloadavg()[0]:.1f}")
+    machine = (
+        cpu_peak_gflops(len(os.sched_getaffinity(0)))[1]
+        if device.platform == "cpu"
+        else device.device_kind
+    )
+    print(
+        f"{args.program} ({clips} clips, {args.dtype}) on {machine}, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load {os.getloadavg()[0]:.1f}"
+    )
     release = None
     if args.baseline:  # started (built, FLOPs counted) before our programs compile
-        release = TorchBaseline(len(os.sched_getaffinity(0)), RELEASE, args.program, clips,
-                                config.batch.instances if args.program == "train" else 1,
-                                "cpu" if on_cpu else "cuda", steps)
+        release = TorchBaseline(
+            len(os.sched_getaffinity(0)),
+            RELEASE,
+            args.program,
+            clips,
+            config.batch.instances if args.program == "train" else 1,
+            "cpu" if on_cpu else "cuda",
+            steps,
+        )
     calls, outputs, dropped, same_hlo = build_calls(
-        args.program, config, variants, config_variants, args.steps_per_call, args.eval_batch,
-        args.hlo_dir)
+        args.program,
+        config,
+        variants,
+        config_variants,
+        args.steps_per_call,
+        args.eval_batch,
+        args.hlo_dir,
+    )
     for name, why in dropped.items():
         print(f"dropped {name}: {why}")
     if len(calls) == 1:
@@ -246,34 +297,57 @@ def main() -> None:
 
     def median_ratio(numerator: str, denominator: str) -> float:
         return statistics.median(
-            n / d for n, d in zip(times[numerator], times[denominator], strict=True))
+            n / d for n, d in zip(times[numerator], times[denominator], strict=True)
+        )
 
-    print(f"{'variant':20s} {'clips/s':>8s} {'best ms':>9s} {'median ms':>9s} "
-          f"{'base/it':>8s}{' it/release best/release' if release else ''} "
-          f"{'max|out-base|':>13s}  "
-          "options or config fields")
+    print(
+        f"{'variant':20s} {'clips/s':>8s} {'best ms':>9s} {'median ms':>9s} "
+        f"{'base/it':>8s}{' it/release best/release' if release else ''} "
+        f"{'max|out-base|':>13s}  "
+        "options or config fields"
+    )
     for name, walls in times.items():
-        difference = (f"{float(abs(outputs[name] - outputs[BASE]).max()):13.3g}"
-                      if name in outputs else f"{'':13s}")
-        versus_release = (f" {median_ratio(RELEASE, name):9.3f}x "
-                          f"{min(times[RELEASE]) / min(walls):11.3f}x" if release else "")
-        options = ";".join(f"{k}={v}" for k, v in {
-            **variants.get(name, {}), **config_variants.get(name, {})}.items())
+        difference = (
+            f"{float(abs(outputs[name] - outputs[BASE]).max()):13.3g}"
+            if name in outputs
+            else f"{'':13s}"
+        )
+        versus_release = (
+            f" {median_ratio(RELEASE, name):9.3f}x {min(times[RELEASE]) / min(walls):11.3f}x"
+            if release
+            else ""
+        )
+        options = ";".join(
+            f"{k}={v}"
+            for k, v in {**variants.get(name, {}), **config_variants.get(name, {})}.items()
+        )
         if name in same_hlo:
             options += " (same HLO)"
         if name == RELEASE:
             options = "the authors' PyTorch release, float32"
-        print(f"{name:20s} {clips / min(walls):8.3f} {1e3 * min(walls):9.1f} "
-              f"{1e3 * statistics.median(walls):9.1f} {median_ratio(BASE, name):7.3f}x"
-              f"{versus_release} {difference}  {options}")
-    print("base/it: the median over rounds of base's time over this variant's in the same "
-          "round (> 1: the variant is faster)."
-          + (" it/release: the same against the release's (> 1: faster than the release);"
-             " best/release: the release's best time over this variant's best (the round"
-             " medians also carry the host's stalls, which a GPU step of many short kernels"
-             " feels more than the release's)." if release else "")
-          + (" same HLO: the variant's optimised HLO is base's (its options did nothing, or "
-             "act below the HLO)." if same_hlo else ""))
+        print(
+            f"{name:20s} {clips / min(walls):8.3f} {1e3 * min(walls):9.1f} "
+            f"{1e3 * statistics.median(walls):9.1f} {median_ratio(BASE, name):7.3f}x"
+            f"{versus_release} {difference}  {options}"
+        )
+    print(
+        "base/it: the median over rounds of base's time over this variant's in the same "
+        "round (> 1: the variant is faster)."
+        + (
+            " it/release: the same against the release's (> 1: faster than the release);"
+            " best/release: the release's best time over this variant's best (the round"
+            " medians also carry the host's stalls, which a GPU step of many short kernels"
+            " feels more than the release's)."
+            if release
+            else ""
+        )
+        + (
+            " same HLO: the variant's optimised HLO is base's (its options did nothing, or "
+            "act below the HLO)."
+            if same_hlo
+            else ""
+        )
+    )
 
 
 if __name__ == "__main__":

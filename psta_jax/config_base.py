@@ -1,4 +1,5 @@
-"""The release's training recipe as a ConfigDict, and the presets the config strings select.
+"""The release's training recipe as a ConfigDict, the presets the config strings select, and
+what each part of the system takes from a config.
 
 Each file in `configs/` is a thin `get_config(arg)` that names its dataset and calls
 `dataset_config`, which reads the dataset's facts (evaluation protocol, the release's test
@@ -6,11 +7,17 @@ sampler) from its builder class in `psta_jax.datasets`. The config string
 (`--config=configs/mars.py:tra_only,release`) is a comma-separated list of presets: at most
 one ablation (rows of the paper's Tables 1 and 2) and optionally `release` (the release code's
 frame samplers instead of the paper's RRS).
+
+A config is read here and in the commands only: `dataset_spec`, `train_input`, `eval_input`
+and `eval_settings` turn it into the typed settings each part takes, so no ConfigDict travels
+below the training loop.
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from psta_jax.runtime.errors import ConfigError
 
 # Rows of the paper's Tables 1 and 2, as model-option overrides.
 ABLATIONS: dict[str, dict] = {
@@ -133,12 +140,12 @@ def apply_presets(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
     ablations = [n for n in names if n in ABLATIONS]
     unknown = [n for n in names if n not in ABLATIONS and n != "release"]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown config preset(s) {unknown}: expected ablations {sorted(ABLATIONS)} "
             "and/or 'release'"
         )
     if len(ablations) > 1:
-        raise ValueError(f"at most one ablation per config string, got {ablations}")
+        raise ConfigError(f"at most one ablation per config string, got {ablations}")
     for ablation in ablations:
         config.model.update(ABLATIONS[ablation])
         config.ablation = ablation
@@ -146,11 +153,6 @@ def apply_presets(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
         config.input.train_sampler = RELEASE_TRAIN_SAMPLER
         config.input.test_sampler = _builder(config.dataset.name).RELEASE_TEST_SAMPLER
     return config
-
-
-def run_facts(config: ml_collections.ConfigDict, num_classes: int) -> dict:
-    """What a checkpoint must match to be restored under `config` (saved in config.json)."""
-    return {"model": config.model.to_dict(), "num_classes": num_classes}
 
 
 def dataset_config(dataset: str, arg: str | None, **dataset_fields) -> ml_collections.ConfigDict:
@@ -168,3 +170,69 @@ def _builder(dataset: str) -> type:
     from psta_jax import datasets
 
     return datasets.builder_class(dataset)
+
+
+# ----------------------------------------------------------------------------- what each part reads
+# (imported inside the functions: a config file loads without JAX or TensorFlow)
+
+
+def dataset_spec(config: ml_collections.ConfigDict):
+    """The dataset a run reads (`datasets.DatasetSpec`)."""
+    from psta_jax.datasets.loading import DatasetSpec  # noqa: PLC0415
+
+    return DatasetSpec(
+        name=config.dataset.name,
+        data_dir=config.data_dir,
+        raw_dir=config.dataset.raw_dir or None,
+        builder_config=config.dataset.builder_config or None,
+        synthetic=bool(config.dataset.get("synthetic", False)),
+        skip_bad_frames=bool(config.dataset.get("skip_bad_frames", False)),
+    )
+
+
+def _image_fields(config: ml_collections.ConfigDict) -> dict:
+    return dict(
+        seq_len=config.model.seq_len,
+        image_size=tuple(config.model.image_size),
+        dtype=config.model.dtype,
+        num_parallel_calls=config.input.num_parallel_calls,
+    )
+
+
+def train_input(config: ml_collections.ConfigDict):
+    """The training input pipeline a run's config describes (`input.TrainPipelineConfig`)."""
+    from psta_jax.input.preprocess import TrainPipelineConfig  # noqa: PLC0415
+
+    return TrainPipelineConfig(
+        identities_per_batch=config.batch.identities,
+        instances_per_identity=config.batch.instances,
+        sampler=config.input.train_sampler,
+        flip=config.input.flip,
+        erasing=config.input.erasing_prob > 0,
+        erasing_prob=config.input.erasing_prob,
+        **_image_fields(config),
+    )
+
+
+def eval_input(config: ml_collections.ConfigDict):
+    """The evaluation input pipeline a run's config describes (`input.EvalPipelineConfig`)."""
+    from psta_jax.input.preprocess import EvalPipelineConfig  # noqa: PLC0415
+
+    return EvalPipelineConfig(
+        sampler=config.input.test_sampler, seed=config.seed, **_image_fields(config)
+    )
+
+
+def eval_settings(config: ml_collections.ConfigDict):
+    """How a run is evaluated (`evaluation.EvalSettings`)."""
+    from psta_jax.evaluation import EvalSettings  # noqa: PLC0415
+
+    try:
+        return EvalSettings(
+            protocol=config.dataset.protocol,
+            distance=config.eval.distance,
+            rerank=bool(config.eval.rerank),
+            max_rank=int(config.eval.max_rank),
+        )
+    except ValueError as error:
+        raise ConfigError(f"config.dataset.protocol / config.eval: {error}") from error

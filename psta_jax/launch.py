@@ -1,17 +1,17 @@
-"""Local multi-process launcher: N JAX processes on loopback, stopped together if one fails.
+"""Run N JAX processes on loopback as one multi-process run (console script: psta-launch);
+they are stopped together if one fails.
 
-  python -m psta_jax.launch --processes 2 --devices-per-process 2 -- \
+  python -m psta_jax.launch --processes=2 --devices_per_process=2 -- \
       --config=configs/demo.py --workdir=/tmp/run
 
 Each process runs `python -m psta_jax.main <flags after -->` with PSTA_COORDINATOR_ADDRESS,
-PSTA_NUM_PROCESSES, PSTA_PROCESS_ID and PSTA_CPU_DEVICES set (see psta_jax.distributed).
+PSTA_NUM_PROCESSES, PSTA_PROCESS_ID and PSTA_CPU_DEVICES set (see psta_jax.runtime.distributed).
 Output lines are prefixed with `[pI]`. When any process exits non-zero (or is killed), the
 others are terminated and the launcher exits non-zero, naming the process that died.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import signal
@@ -22,7 +22,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from psta_jax import errors
+from absl import flags
+
+from psta_jax.runtime import cli, errors
 
 _GRACE_SECONDS = 10.0
 
@@ -64,7 +66,7 @@ def launch(
 ) -> int:
     """Runs the processes to completion; returns 0, or the first failing process's exit code."""
     if processes < 1 or devices_per_process < 1:
-        raise ValueError("--processes and --devices-per-process must be >= 1")
+        raise ValueError("--processes and --devices_per_process must be >= 1")
     address = f"127.0.0.1:{free_port()}"
     procs: list[subprocess.Popen] = []
     pumps: list[threading.Thread] = []
@@ -113,38 +115,47 @@ def launch(
             pump.join(timeout=1.0)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" in argv:
-        split = argv.index("--")
-        own, main_args = argv[:split], argv[split + 1 :]
-    else:
-        own, main_args = argv, []
-    parser = argparse.ArgumentParser(
-        prog="python -m psta_jax.launch", description=__doc__.split("\n")[0]
+def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
+    del argv
+    flags.DEFINE_integer("processes", 2, "Number of processes.", flag_values=values, lower_bound=1)
+    flags.DEFINE_integer(
+        "devices_per_process", 1, "CPU devices of each process.", flag_values=values, lower_bound=1
     )
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--devices-per-process", type=int, default=1)
-    parser.add_argument("--module", default="psta_jax.main", help="module each process runs")
-    args = parser.parse_args(own)
-    if args.processes < 1 or args.devices_per_process < 1:
-        parser.error(
-            f"--processes and --devices-per-process must be >= 1, got {args.processes} and "
-            f"{args.devices_per_process}"
-        )
+    flags.DEFINE_string(
+        "module", "psta_jax.main", "The module each process runs.", flag_values=values
+    )
+
+
+def _run(values: flags.FlagValues, main_args: Sequence[str]) -> int:
     try:
-        found = importlib.util.find_spec(args.module) is not None
+        found = importlib.util.find_spec(values.module) is not None
     except ModuleNotFoundError:
         found = False
     if not found:
-        parser.error(f"--module {args.module}: no such module importable from {os.getcwd()}")
-    return launch(
+        raise errors.ConfigError(
+            f"--module {values.module}: no such module importable from {os.getcwd()}"
+        )
+    code = launch(
         main_args,
-        processes=args.processes,
-        devices_per_process=args.devices_per_process,
-        module=args.module,
+        processes=values.processes,
+        devices_per_process=values.devices_per_process,
+        module=values.module,
     )
+    if code:
+        raise SystemExit(code)
+    return code
 
+
+main = cli.Command(
+    name="psta-launch",
+    summary="Run psta_jax.main (or --module) as N processes on loopback, with the flags after "
+    "--; stopped together if one fails.",
+    define_flags=_define_flags,
+    run=_run,
+    uses_jax=False,
+    uses_tensorflow=False,
+    takes_arguments=True,
+)
 
 if __name__ == "__main__":
-    sys.exit(errors.run_cli(main))
+    main.entry()

@@ -48,12 +48,15 @@ def release_layout_file() -> dict[str, Any]:
 
 def release_layout() -> tuple[tuple[str, tuple[int, ...], bool], ...]:
     """The release's state_dict entries in order: (name, shape, trainable)."""
-    return tuple((e["name"], tuple(e["shape"]), bool(e.get("trainable", False)))
-                 for e in release_layout_file()["entries"])
+    return tuple(
+        (e["name"], tuple(e["shape"]), bool(e.get("trainable", False)))
+        for e in release_layout_file()["entries"]
+    )
 
 
-def _draw(rng: np.random.Generator, name: str, shape: tuple[int, ...],
-          linear_modules: set[str]) -> np.ndarray | None:
+def _draw(
+    rng: np.random.Generator, name: str, shape: tuple[int, ...], linear_modules: set[str]
+) -> np.ndarray | None:
     module, _, leaf = name.rpartition(".")
     if leaf == "num_batches_tracked":
         return None  # no draw
@@ -77,19 +80,22 @@ def _draw(rng: np.random.Generator, name: str, shape: tuple[int, ...],
 def release_state_dict(seed: int) -> dict[str, np.ndarray]:
     """The deterministic stand-in release weights of the reference files (PyTorch layout)."""
     layout = release_layout()
-    linear_modules = {name.rpartition(".")[0] for name, shape, _ in layout
-                      if name.endswith(".weight") and len(shape) == 2}
+    linear_modules = {
+        name.rpartition(".")[0]
+        for name, shape, _ in layout
+        if name.endswith(".weight") and len(shape) == 2
+    }
     rng = np.random.default_rng(seed)
     state = {}
     for name, shape, _ in layout:
         value = _draw(rng, name, shape, linear_modules)
-        state[name] = (np.zeros(shape, np.int64) if value is None
-                       else np.asarray(value, np.float32))
+        state[name] = np.zeros(shape, np.int64) if value is None else np.asarray(value, np.float32)
     return state
 
 
-def noise_clips(seed: int, batch: int, seq_len: int = 8,
-                size: tuple[int, int] = (256, 128)) -> np.ndarray:
+def noise_clips(
+    seed: int, batch: int, seq_len: int = 8, size: tuple[int, int] = (256, 128)
+) -> np.ndarray:
     """(batch, seq_len, H, W, 3) float32 N(0, 1) clips (drawn in PyTorch's NCHW order)."""
     rng = np.random.default_rng(seed)
     clips = rng.standard_normal((batch, seq_len, 3, *size)).astype(np.float32)
@@ -101,8 +107,12 @@ def labels(num_ids: int, per_id: int) -> np.ndarray:
     return np.repeat(np.arange(num_ids), per_id)
 
 
-def _person_frames(rng: np.random.Generator, identity: dict[str, Any], seq_len: int,
-                   grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def _person_frames(
+    rng: np.random.Generator,
+    identity: dict[str, Any],
+    seq_len: int,
+    grid: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
     """One tracklet: (seq_len, 3, H, W) float32 in [0, 1]."""
     yy, xx = grid
     background = rng.uniform(0.0, 1.0, 3).astype(np.float32)
@@ -133,8 +143,9 @@ def _person_frames(rng: np.random.Generator, identity: dict[str, Any], seq_len: 
     return frames
 
 
-def person_clips(seed: int, num_ids: int, per_id: int, seq_len: int = 8,
-                 size: tuple[int, int] = (256, 128)) -> np.ndarray:
+def person_clips(
+    seed: int, num_ids: int, per_id: int, seq_len: int = 8, size: tuple[int, int] = (256, 128)
+) -> np.ndarray:
     """(num_ids * per_id, seq_len, H, W, 3) float32 person-like clips, ImageNet-normalised;
     identity i owns rows i * per_id ... (labels: `labels(num_ids, per_id)`)."""
     rng = np.random.default_rng(seed)
@@ -144,8 +155,13 @@ def person_clips(seed: int, num_ids: int, per_id: int, seq_len: int = 8,
     clips = []
     for _ in range(num_ids):
         top, legs, skin = rng.uniform(0.0, 1.0, (3, 3)).astype(np.float32)
-        identity = dict(top=top, legs=legs, skin=skin, stripes=rng.uniform(4.0, 16.0),
-                        half_width=rng.uniform(0.18, 0.3))
+        identity = dict(
+            top=top,
+            legs=legs,
+            skin=skin,
+            stripes=rng.uniform(4.0, 16.0),
+            half_width=rng.uniform(0.18, 0.3),
+        )
         for _ in range(per_id):
             frames = _person_frames(rng, identity, seq_len, grid)
             clips.append((frames - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None])

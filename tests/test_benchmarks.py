@@ -7,12 +7,25 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
+pytestmark = pytest.mark.slow
+
 
 def test_train_step_benchmark_runs_and_prints_its_table(tmp_path):
     result = subprocess.run(
-        [sys.executable, "benchmarks/train_step.py", "--model=demo", "--steps=1",
-         "--dtypes=float32", f"--profile_dir={tmp_path}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=True)
+        [
+            sys.executable,
+            "benchmarks/train_step.py",
+            "--model=demo",
+            "--steps=1",
+            "--dtypes=float32",
+            f"--profile_dir={tmp_path}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("float32")]
     assert len(rows) == 1, result.stdout + result.stderr
     assert rows[0][1] == "4" and float(rows[0][5]) > 0  # P=2 x K=2 clips on the CPU, clips/s
@@ -23,11 +36,25 @@ def test_train_step_benchmark_runs_and_prints_its_table(tmp_path):
 def test_batch_norm_statistics_benchmark_times_two_different_programs():
     """It raises if the one-pass switch did not change the traced program."""
     result = subprocess.run(
-        [sys.executable, "benchmarks/batch_norm_statistics.py", "--model=demo", "--baselines=",
-         "--repeats=1", "--steps_per_call=1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=True)
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
-            if line.startswith(("one-pass", "two-pass"))}
+        [
+            sys.executable,
+            "benchmarks/batch_norm_statistics.py",
+            "--model=demo",
+            "--baselines=",
+            "--repeats=1",
+            "--steps_per_call=1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    rows = {
+        line.split()[0]: line.split()
+        for line in result.stdout.splitlines()
+        if line.startswith(("one-pass", "two-pass"))
+    }
     assert set(rows) == {"one-pass", "two-pass"}, result.stdout + result.stderr
     assert all(float(row[1]) > 0 for row in rows.values())
 
@@ -35,10 +62,20 @@ def test_batch_norm_statistics_benchmark_times_two_different_programs():
 def _xla_options(*variants: str) -> subprocess.CompletedProcess:
     """xla_options.py on the demo network's eval; arguments starting with -- pass as they are."""
     return subprocess.run(
-        [sys.executable, "benchmarks/xla_options.py", "--model=demo", "--program=eval",
-         "--eval_batch=2", "--repeats=1",
-         *(v if v.startswith("--") else f"--variant={v}" for v in variants)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "benchmarks/xla_options.py",
+            "--model=demo",
+            "--program=eval",
+            "--eval_batch=2",
+            "--repeats=1",
+            *(v if v.startswith("--") else f"--variant={v}" for v in variants),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _table_rows(result: subprocess.CompletedProcess, *names: str) -> dict[str, list[str]]:
@@ -47,7 +84,7 @@ def _table_rows(result: subprocess.CompletedProcess, *names: str) -> dict[str, l
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("variant "))
-    table = [line.split() for line in lines[header + 1:] if not line.startswith("base/it:")]
+    table = [line.split() for line in lines[header + 1 :] if not line.startswith("base/it:")]
     rows = {fields[0]: fields for fields in table}
     assert sorted(rows) == sorted(names) and len(table) == len(names), result.stdout
     return rows
@@ -81,11 +118,13 @@ def test_xla_options_benchmark_fails_when_every_variant_is_refused():
 
 def test_xla_options_benchmark_compares_with_the_release_on_its_network_only():
     """The release baseline runs the release's network, so it is refused beside the demo's."""
-    result = _xla_options("same:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
-                          "--baseline=release")
+    result = _xla_options(
+        "same:xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED", "--baseline=release"
+    )
     assert result.returncode == 2
     assert "--baseline=release compares the release's network: use --model=release" in (
-        result.stderr)
+        result.stderr
+    )
 
 
 def test_xla_options_benchmark_times_config_variants_and_names_a_missing_field():
@@ -97,7 +136,8 @@ def test_xla_options_benchmark_times_config_variants_and_names_a_missing_field()
     result = _xla_options("--config_variant=typo:model.num_stage=1")
     assert result.returncode == 2
     assert "--config_variant typo: config field model.num_stage: the config has no such field" in (
-        result.stderr)
+        result.stderr
+    )
 
 
 def test_cpu_peak_names_the_cpu_and_counts_its_vector_lanes(tmp_path):
@@ -108,11 +148,15 @@ def test_cpu_peak_names_the_cpu_and_counts_its_vector_lanes(tmp_path):
     finally:
         sys.path.remove(str(REPO_ROOT / "benchmarks"))
     cpuinfo = tmp_path / "cpuinfo"
-    processor = ("model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\n"
-                 "cpu MHz\t\t: {mhz}\nflags\t\t: fpu avx fma avx2\n\n")
+    processor = (
+        "model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\n"
+        "cpu MHz\t\t: {mhz}\nflags\t\t: fpu avx fma avx2\n\n"
+    )
     cpuinfo.write_text(processor.format(mhz="2450.000") + processor.format(mhz="2400.000"))
     peak, note = model_throughput.cpu_peak_gflops(2, str(cpuinfo))
     assert abs(peak - 2 * 2 * 8 * 2 * 2.45) < 1e-9  # the fastest core's clock, AVX2's 8 lanes
     assert note.startswith("AMD EPYC, family 25 model 1: 2 cores x 2 FMA x 8 fp32 lanes")
     assert model_throughput.cpu_peak_gflops(2, str(tmp_path / "missing")) == (
-        pytest.approx(float("nan"), nan_ok=True), "unknown CPU")
+        pytest.approx(float("nan"), nan_ok=True),
+        "unknown CPU",
+    )

@@ -11,6 +11,8 @@ Each builder class carries the dataset's facts: `name`, `EVAL_PROTOCOL`, `RELEAS
     builder = datasets.build("mars", data_dir="data", raw_dir="data/synthetic_mars")
     train = datasets.load_split(builder, "train")   # one element per tracklet, frames undecoded
     facts = datasets.reid_info(builder)             # num_train_ids, num_cameras, eval_protocol
+    splits = datasets.open_dataset(datasets.DatasetSpec("mars", raw_dir="data/synthetic_mars"))
+    splits.train                                    # a TrackletStore: frames in host memory
 
 Raw data is read from `raw_dir` (default `<data_dir>/<raw folder>`, e.g. data/MARS); the
 prepared TFRecords go to `<data_dir>/tfds/<basename of raw_dir>/`, so a synthetic MARS and the
@@ -32,12 +34,25 @@ import tensorflow_datasets as tfds
 
 from psta_jax.datasets import preparation, reid_builder
 from psta_jax.datasets.raw_io import CorruptRawDataError, MissingRawDataError, RawDataError
-from psta_jax.errors import ConfigError
+from psta_jax.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
+# `loading` imports TensorFlow: loaded on first use (PEP 562), so that naming a dataset's
+# facts in a config file costs no TensorFlow import.
+_LOADING = (
+    "DatasetSpec",
+    "Splits",
+    "TrackletStore",
+    "load_tracklets",
+    "open_dataset",
+    "open_split",
+    "store_from_frames",
+)
+
 __all__ = [
+    *_LOADING,
     "BUILDERS",
     "CorruptRawDataError",
     "MissingRawDataError",
@@ -50,7 +65,6 @@ __all__ = [
     "raw_data_dir",
     "reid_info",
 ]
-
 
 
 def _discover_builders() -> dict[str, type[reid_builder.ReidBuilder]]:
@@ -152,6 +166,18 @@ def build(
     )
 
 
+class EncodedFrames(tfds.decode.SkipDecoding):
+    """Leaves a tracklet's frames encoded: a 1-D tf.string tensor of JPEG/PNG bytes.
+
+    TFDS's `SkipDecoding` maps over a sequence's frames one by one (`tf.map_fn`, through two
+    deprecated TensorFlow and TFDS APIs that log warnings); skipping the decoding of the whole
+    sequence is the identity.
+    """
+
+    def decode_batch_example(self, serialized_batch):
+        return serialized_batch
+
+
 def load_split(
     builder: tfds.core.DatasetBuilder,
     split: str,
@@ -169,7 +195,7 @@ def load_split(
         )
     return builder.as_dataset(
         split=split,
-        decoders={"frames": tfds.decode.SkipDecoding()},
+        decoders={"frames": EncodedFrames()},
         shuffle_files=False,
         read_config=read_config,
     )
@@ -191,3 +217,9 @@ def reid_info(builder: tfds.core.DatasetBuilder) -> ReidInfo:
         num_tracklets={s: builder.info.splits[s].num_examples for s in reid_builder.SPLITS},
         num_ids={s: int(n) for s, n in metadata["num_ids"].items()},
     )
+
+
+def __getattr__(name: str):
+    if name in _LOADING:
+        return getattr(importlib.import_module(f"{__name__}.loading"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

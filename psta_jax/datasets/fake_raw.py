@@ -7,7 +7,6 @@ its red level is a per-tracklet tint (so no two tracklets have identical bytes).
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import shutil
@@ -25,13 +24,18 @@ def frame_level(frame_number: int) -> int:
     return min(40 + 20 * frame_number, 255)
 
 
+def frame_bytes(frame_number: int, image_format: str, tint: int = 0) -> bytes:
+    """A uniform (8, 4) frame encoded as 'jpeg' or 'png'."""
+    level = frame_level(frame_number)
+    pixels = np.full((*FRAME_SIZE, 3), (tint % 256, level, level), np.uint8)
+    return raw_io.encode_image(pixels, image_format)
+
+
 def write_frame(path: str, frame_number: int, image_format: str, tint: int = 0) -> None:
     """Writes a uniform (8, 4) frame at `path` ('jpeg' or 'png'), creating folders."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    level = frame_level(frame_number)
-    pixels = np.full((*FRAME_SIZE, 3), (tint % 256, level, level), np.uint8)
     with open(path, "wb") as f:
-        f.write(raw_io.encode_image(pixels, image_format))
+        f.write(frame_bytes(frame_number, image_format, tint))
 
 
 def write_text(path: str, lines: list[str]) -> None:
@@ -64,11 +68,27 @@ def decoded_level(encoded: bytes) -> float:
 
 
 def run_cli(write: Callable[[str], None], script: str, description: str | None) -> None:
-    """`python make_dummy_data.py [--out DIR]`: rewrites DIR (default: dummy_data/ beside
-    `script`) with `write(DIR)`."""
-    parser = argparse.ArgumentParser(description=description)
+    """`python -m psta_jax.datasets.<name>.make_dummy_data [--out=DIR]`: rewrites DIR (default:
+    dummy_data/ beside `script`) with `write(DIR)`."""
+    from absl import flags  # noqa: PLC0415
+
+    from psta_jax.runtime import cli  # noqa: PLC0415
+
     default = os.path.join(os.path.dirname(os.path.abspath(script)), "dummy_data")
-    parser.add_argument("--out", default=default)
-    out = parser.parse_args().out
-    reset_output_dir(out)
-    write(out)
+
+    def define(values: flags.FlagValues, argv) -> None:
+        flags.DEFINE_string("out", default, "The output folder.", flag_values=values)
+
+    def run(values: flags.FlagValues) -> None:
+        reset_output_dir(values.out)
+        write(values.out)
+
+    summary = (description or "").strip().splitlines()[0] if description else "Dummy data."
+    cli.Command(
+        name="make_dummy_data",
+        summary=summary,
+        define_flags=define,
+        run=run,
+        uses_jax=False,
+        uses_tensorflow=False,
+    ).entry()

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import time
 from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
@@ -147,6 +148,12 @@ def _reusable(builder: reid_builder.ReidBuilder, raw: str) -> bool:
     return False
 
 
+def _has_dataset_info(builder: tfds.core.DatasetBuilder) -> bool:
+    """Whether a preparation finished here (TFDS's `is_prepared`, without the warning it logs
+    about a version folder that holds no dataset_info.json yet)."""
+    return os.path.isfile(os.path.join(os.fspath(builder.data_dir), "dataset_info.json"))
+
+
 def prepare(
     cls: type[reid_builder.ReidBuilder],
     *,
@@ -159,7 +166,7 @@ def prepare(
     with _locked(prepared_dir):
         builder = cls(data_dir=prepared_dir, config=config, file_format="tfrecord")
         remove_interrupted(builder)
-        if builder.is_prepared():
+        if _has_dataset_info(builder):
             if _reusable(builder, raw):
                 return builder
             shutil.rmtree(builder.data_dir)
@@ -170,8 +177,14 @@ def prepare(
                 f"{builder.data_dir}).\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
             )
         builder.skip_bad_frames = skip_bad_frames
+        logging.info("%s: preparing %s into %s (once)", cls.TITLE, raw, builder.data_dir)
+        started = time.monotonic()
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=raw), file_format="tfrecord"
+        )
+        splits = ", ".join(f"{n} {s.num_examples}" for n, s in builder.info.splits.items())
+        logging.info(
+            "%s: prepared in %.0f s (tracklets: %s)", cls.TITLE, time.monotonic() - started, splits
         )
         return builder
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from psta_jax.errors import UserError
+from psta_jax.runtime.errors import UserError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -117,19 +117,6 @@ def read_image_bytes(dataset: str, path: os.PathLike | str) -> bytes:
     return data
 
 
-def check_decodable(dataset: str, path: os.PathLike | str, data: bytes) -> tuple[int, int]:
-    """Decodes one encoded frame with PIL; returns (height, width) or raises naming the file."""
-    from PIL import Image  # Deferred: only needed while preparing a dataset.
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            width, height = image.size
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...) for bad data.
-        raise CorruptRawDataError(f"{dataset}: cannot decode image {os.fspath(path)}: {e}") from e
-    return height, width
-
-
 def _ends_cleanly(data: bytes, image_format_name: str) -> bool:
     """Whether the encoded file ends with its end marker (JPEG EOI, PNG IEND chunk).
 
@@ -159,8 +146,7 @@ def frame_problem(path: os.PathLike | str) -> str | None:
         return f"is not a JPEG or PNG image ({len(data)} bytes, starts with {data[:8]!r})"
     if not _ends_cleanly(data, kind):
         return (
-            f"is truncated or damaged: the {kind.upper()} end marker is missing "
-            f"({len(data)} bytes)"
+            f"is truncated or damaged: the {kind.upper()} end marker is missing ({len(data)} bytes)"
         )
     try:
         with Image.open(io.BytesIO(data), formats=[kind.upper()]) as image:

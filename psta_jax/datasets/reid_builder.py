@@ -212,6 +212,14 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # Set by `psta_jax.datasets.build`: leave undecodable frames out instead of stopping.
     skip_bad_frames: bool = False
 
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... prepared to"
+    # to stdout around a preparation; `preparation.prepare` logs what was prepared instead.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,

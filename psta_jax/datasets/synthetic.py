@@ -1,6 +1,7 @@
 """A synthetic video re-ID dataset written in MARS's exact raw layout.
 
-    python -m psta_jax.datasets.synthetic --out data/synthetic_mars [--seed 0] [--num_train_ids 32]
+    python -m psta_jax.datasets.synthetic --out=data/synthetic_mars [--seed=0] [--num_train_ids=32]
+    (console script: psta-synthetic)
 
 The MARS builder reads the result unchanged (`datasets.build('mars', raw_dir=...)`):
 
@@ -25,20 +26,19 @@ byte-identical for the same config and seed.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import shutil
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-from absl import logging
+from absl import flags, logging
 
-from psta_jax import errors
 from psta_jax.datasets import raw_io
-from psta_jax.errors import UserError
+from psta_jax.datasets.mars import layout
+from psta_jax.runtime import cli, errors
+from psta_jax.runtime.errors import UserError
 
 MARKER_FILE = "SYNTHETIC.json"
 _MAX_PID = 1500  # Pids are drawn from 1.._MAX_PID (MARS folders hold 4-digit pids).
@@ -312,15 +312,6 @@ def _numbered_singletons(
     return specs
 
 
-def folder_name(pid: int) -> str:
-    """MARS person folder: 1 -> '0001', 0 -> '0000', -1 -> '00-1'."""
-    return "00-1" if pid == -1 else f"{pid:04d}"
-
-
-def frame_name(spec: TrackletSpec, frame: int) -> str:
-    return f"{folder_name(spec.pid)}C{spec.camera}T{spec.number:04d}F{frame:03d}.jpg"
-
-
 def _write_split(
     out: str,
     image_folder: str,
@@ -328,25 +319,19 @@ def _write_split(
     styles: list[CameraStyle],
     config: SyntheticConfig,
     rng: np.random.Generator,
-) -> tuple[list[str], np.ndarray]:
-    """Writes the frames of `specs` (already in name-list order); returns names and track info."""
-    names, rows = [], []
-    for spec in specs:
-        folder = os.path.join(out, image_folder, folder_name(spec.pid))
-        os.makedirs(folder, exist_ok=True)
-        start = len(names) + 1
-        frames = _tracklet_frames(spec, styles[spec.camera - 1], config, rng, junk=spec.pid == -1)
-        for i, pixels in enumerate(frames):
-            name = frame_name(spec, spec.first_frame + i)
-            with open(os.path.join(folder, name), "wb") as f:
-                f.write(raw_io.encode_image(pixels, "jpeg", quality=config.jpeg_quality))
-            names.append(name)
-        rows.append([start, len(names), spec.pid, spec.camera])
-    with open(
-        os.path.join(out, "info", f"{image_folder.removeprefix('bbox_')}_name.txt"), "w"
-    ) as f:
-        f.write("".join(f"{name}\n" for name in names))
-    return names, np.asarray(rows, np.int32).reshape(-1, 4)
+) -> np.ndarray:
+    """Renders and writes the frames of `specs` (in name-list order); returns the track info."""
+
+    def encoded(spec: TrackletSpec) -> Iterator[bytes]:
+        style = styles[spec.camera - 1]
+        for pixels in _tracklet_frames(spec, style, config, rng, junk=spec.pid == -1):
+            yield raw_io.encode_image(pixels, "jpeg", quality=config.jpeg_quality)
+
+    tracklets = [
+        (layout.TrackletName(spec.pid, spec.camera, spec.number, spec.first_frame), encoded(spec))
+        for spec in specs
+    ]
+    return layout.write_split(out, image_folder, tracklets)
 
 
 def _query_rows(test_specs: list[TrackletSpec], rng: np.random.Generator) -> np.ndarray:
@@ -484,21 +469,17 @@ def _write_dataset(out: str, config: SyntheticConfig) -> dict[str, int]:
         else:
             test_specs += _identity_tracklets(pid, config, rng, matched_test=True)
 
-    os.makedirs(os.path.join(out, "info"), exist_ok=True)
-    train_names, train_info = _write_split(out, "bbox_train", train_specs, styles, config, rng)
-    test_names, test_info = _write_split(out, "bbox_test", test_specs, styles, config, rng)
-    query_idx = _query_rows(test_specs, rng).astype(np.uint16)[None, :]
-    info = os.path.join(out, "info")
-    raw_io.write_mat(os.path.join(info, "tracks_train_info.mat"), {"track_train_info": train_info})
-    raw_io.write_mat(os.path.join(info, "tracks_test_info.mat"), {"track_test_info": test_info})
-    raw_io.write_mat(os.path.join(info, "query_IDX.mat"), {"query_IDX": query_idx})
+    train_info = _write_split(out, "bbox_train", train_specs, styles, config, rng)
+    test_info = _write_split(out, "bbox_test", test_specs, styles, config, rng)
+    query_rows = _query_rows(test_specs, rng)
+    layout.write_info(out, train_info, test_info, query_rows)
 
     stats = {
         "train_tracklets": len(train_specs),
         "test_tracklets": len(test_specs),
-        "query_tracklets": int(query_idx.size),
-        "train_frames": len(train_names),
-        "test_frames": len(test_names),
+        "query_tracklets": int(query_rows.size),
+        "train_frames": sum(spec.num_frames for spec in train_specs),
+        "test_frames": sum(spec.num_frames for spec in test_specs),
     }
     marker = {"config": dataclasses.asdict(config), "stats": stats, "files": _all_files(out)}
     with open(os.path.join(out, MARKER_FILE), "w") as f:
@@ -526,40 +507,62 @@ def ensure(out: str, config: SyntheticConfig = SyntheticConfig()) -> bool:
         )
         replace(out, config)
         return True
-    generate(out, config)
+    logging.info("synthetic MARS: generating %s (once)", out)
+    stats = generate(out, config)
+    logging.info("synthetic MARS: wrote %s", stats)
     return True
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Write a synthetic video re-ID dataset in MARS's raw layout."
+_FLAG_DEFINERS = {int: flags.DEFINE_integer, float: flags.DEFINE_float}
+
+
+def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
+    del argv
+    flags.DEFINE_string(
+        "out",
+        None,
+        "The output folder, e.g. data/synthetic_mars.",
+        flag_values=values,
+        required=True,
     )
-    parser.add_argument("--out", required=True, help="output folder, e.g. data/synthetic_mars")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an earlier synthetic dataset at --out (only if it holds nothing else)",
-    )
-    parser.add_argument(
-        "--verbose", action="store_true", help="show the full traceback of an expected error"
+    flags.DEFINE_bool(
+        "overwrite",
+        False,
+        "Replace an earlier synthetic dataset at --out (only if it holds nothing else).",
+        flag_values=values,
     )
     defaults = SyntheticConfig()
     for field in dataclasses.fields(SyntheticConfig):
-        parser.add_argument(
-            f"--{field.name}",
-            type=type(getattr(defaults, field.name)),
-            default=getattr(defaults, field.name),
+        default = getattr(defaults, field.name)
+        _FLAG_DEFINERS[type(default)](
+            field.name, default, f"SyntheticConfig.{field.name}.", flag_values=values
         )
-    args = parser.parse_args(argv)
-    config = SyntheticConfig(
-        **{field.name: getattr(args, field.name) for field in dataclasses.fields(SyntheticConfig)}
-    )
-    if args.overwrite and os.path.isfile(os.path.join(args.out, MARKER_FILE)):
-        stats = replace(args.out, config)
-    else:
-        stats = generate(args.out, config)
-    print(f"wrote synthetic MARS to {args.out}: {stats}")
 
+
+def _run(values: flags.FlagValues) -> dict[str, int]:
+    config = SyntheticConfig(
+        **{field.name: values[field.name].value for field in dataclasses.fields(SyntheticConfig)}
+    )
+    try:
+        config.validate()
+    except ValueError as error:
+        raise errors.ConfigError(str(error)) from None
+    if values.overwrite and os.path.isfile(os.path.join(values.out, MARKER_FILE)):
+        stats = replace(values.out, config)
+    else:
+        stats = generate(values.out, config)
+    print(f"wrote synthetic MARS to {values.out}: {stats}")
+    return stats
+
+
+main = cli.Command(
+    name="psta-synthetic",
+    summary="Write a synthetic video re-ID dataset in MARS's raw layout.",
+    define_flags=_define_flags,
+    run=_run,
+    uses_jax=False,
+    uses_tensorflow=False,
+)
 
 if __name__ == "__main__":
-    errors.run_cli(main, verbose="--verbose" in sys.argv)
+    main.entry()

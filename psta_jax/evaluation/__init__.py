@@ -1,46 +1,63 @@
-"""Video re-ID evaluation: distances, CMC/mAP, dataset protocols, re-ranking, report.
+"""Video re-ID evaluation in NumPy: distances, CMC/mAP, dataset protocols, re-ranking, reports.
 
-- `cmc_map` / `rank_metrics` (metrics.py): CMC and mAP from a distance matrix, identical to the
-  release's evaluate with a stable sort, vectorised and chunked.
-- `pairwise_distance` (distance.py): cosine (release) or squared Euclidean distances.
-- `evaluate`, `distance_matrix`, `PROTOCOLS`, `average_over_splits` (protocols.py): features
-  -> metrics under a named dataset protocol (mars, mars_torchreid, mars_matlab, duke,
-  ilids_vid, prid2011); the distances `evaluate` ranks.
+A leaf of the package: it imports neither JAX nor TensorFlow, so it can score features from
+anywhere.
+
+- `cmc_map` / `rank_metrics` (metrics.py): CMC and mAP from a distance matrix, identical to
+  the release's evaluation with a stable sort, vectorised and chunked.
+- `pairwise_distance`, `l2_normalise` (distance.py): cosine (the release's) or squared
+  Euclidean distances.
+- `evaluate`, `EvalSettings`, `PROTOCOLS`, `protocol_gallery`, `distance_matrix`,
+  `average_over_splits` (protocols.py): features -> metrics under a named dataset protocol
+  (mars, mars_torchreid, mars_matlab, duke, ilids_vid, prid2011).
 - `k_reciprocal_rerank` (rerank.py): optional re-ranking (Zhong et al., CVPR 2017).
+- `average_clip_features` (tracklet_features.py): clip features -> one per tracklet.
 - `format_report`, `to_json` (report.py).
 
-Evaluating a model (these import JAX and TensorFlow, so they are not imported here):
-- `features.py`: `tracklet_features` (a compiled embedding + eval batches -> one feature per
-  tracklet, gathered from every process), `split_features` (a split under a run's config).
-- `model_eval.py`: `evaluate_splits` (query and gallery features -> metrics, the train loop's
-  evaluation), `restore_model`, `evaluate_checkpoint` (evaluate mode of psta_jax.main).
+Computing a model's features is `psta_jax.training.evaluator`.
 """
 
-from psta_jax.evaluation.distance import METRICS, l2_normalise, pairwise_distance
+from psta_jax.evaluation.distance import (
+    METRICS,
+    REPORTED_AS,
+    l2_normalise,
+    pairwise_distance,
+    reported_distance,
+)
 from psta_jax.evaluation.metrics import AP_KINDS, TIE_RULE, RankMetrics, cmc_map, rank_metrics
 from psta_jax.evaluation.protocols import (
+    JUNK_PID,
     PROTOCOLS,
     EvalResult,
+    EvalSettings,
     Protocol,
+    RankedGallery,
     SplitSummary,
     average_over_splits,
     distance_matrix,
     evaluate,
     get_protocol,
+    protocol_gallery,
 )
 from psta_jax.evaluation.report import format_report, to_json
 from psta_jax.evaluation.rerank import RerankParams, k_reciprocal_rerank
+from psta_jax.evaluation.tracklet_features import average_clip_features
 
 __all__ = [
     "AP_KINDS",
+    "JUNK_PID",
     "METRICS",
     "PROTOCOLS",
+    "REPORTED_AS",
     "TIE_RULE",
     "EvalResult",
+    "EvalSettings",
     "Protocol",
     "RankMetrics",
+    "RankedGallery",
     "RerankParams",
     "SplitSummary",
+    "average_clip_features",
     "average_over_splits",
     "cmc_map",
     "distance_matrix",
@@ -50,6 +67,8 @@ __all__ = [
     "k_reciprocal_rerank",
     "l2_normalise",
     "pairwise_distance",
+    "protocol_gallery",
     "rank_metrics",
+    "reported_distance",
     "to_json",
 ]

@@ -74,3 +74,13 @@ def pairwise_distance(
             dots += gallery_sq[None, :]
             np.maximum(dots, 0.0, out=dots)
     return out
+
+
+REPORTED_AS = {"cosine": "1 - cosine similarity", "euclidean": "squared Euclidean distance"}
+
+
+def reported_distance(distances: np.ndarray | float, metric: Metric) -> np.ndarray | float:
+    """Distances as lists and figures print them (`REPORTED_AS`): cosine as 1 - cos, in
+    [0, 2] (`pairwise_distance` ranks by -cos, the release's, which reads as a negative
+    distance), squared Euclidean as is. The ranking is the same."""
+    return distances + 1.0 if metric == "cosine" else distances

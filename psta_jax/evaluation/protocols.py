@@ -61,6 +61,84 @@ def get_protocol(name: str) -> Protocol:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """How a run is evaluated: the protocol, the distance, re-ranking and the CMC length
+    (the keyword arguments of `evaluate`)."""
+
+    protocol: str = "mars"
+    distance: str = "cosine"
+    rerank: bool = False
+    max_rank: int = 50
+
+    def __post_init__(self):
+        get_protocol(self.protocol)
+        if self.distance not in METRICS:
+            raise ValueError(f"distance must be one of {METRICS}, got {self.distance!r}")
+        if self.max_rank < 1:
+            raise ValueError(f"max_rank must be at least 1, got {self.max_rank}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RankedGallery:
+    """The gallery a protocol ranks each query against, item by item.
+
+    features (G, D); pids, camids (G,) int64 (-1 where unknown); split (G,) 'query' or
+    'gallery': the set an item comes from (a protocol may put the queries in front);
+    position (G,) int64: its row in that set.
+    """
+
+    features: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+    split: np.ndarray
+    position: np.ndarray
+
+
+def protocol_gallery(
+    protocol: str,
+    query_features: np.ndarray,
+    gallery_features: np.ndarray,
+    q_pids: np.ndarray | None = None,
+    g_pids: np.ndarray | None = None,
+    q_camids: np.ndarray | None = None,
+    g_camids: np.ndarray | None = None,
+) -> RankedGallery:
+    """The gallery as `protocol` ranks it: junk (pid -1) dropped when gallery identities are
+    known, and the queries put in front for the `mars`-style protocols.
+
+    Unknown ids (None) become -1 and, for the gallery, keep every item.
+    """
+    preset = get_protocol(protocol)
+    parts = [("gallery", gallery_features, g_pids, g_camids)]
+    if preset.append_query_to_gallery:
+        parts.insert(0, ("query", query_features, q_pids, q_camids))
+    features, pids, camids, split, position = [], [], [], [], []
+    for name, part_features, part_pids, part_camids in parts:
+        count = len(part_features)
+        unknown = np.full(count, -1, np.int64)
+        part_pids = unknown if part_pids is None else np.asarray(part_pids, np.int64)
+        part_camids = unknown if part_camids is None else np.asarray(part_camids, np.int64)
+        keep = np.ones(count, bool)
+        if name == "gallery" and g_pids is not None:
+            keep = part_pids != JUNK_PID
+        features.append(np.asarray(part_features)[keep])
+        pids.append(part_pids[keep])
+        camids.append(part_camids[keep])
+        split.append(np.full(int(keep.sum()), name))
+        position.append(np.flatnonzero(keep))
+    gallery = RankedGallery(
+        features=np.concatenate(features),
+        pids=np.concatenate(pids),
+        camids=np.concatenate(camids),
+        split=np.concatenate(split),
+        position=np.concatenate(position).astype(np.int64),
+    )
+    if not (gallery.split == "gallery").any():
+        raise ValueError("gallery_features: no gallery item left after dropping junk (pid -1)")
+    return gallery
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalResult:
     """Metrics of one query set against one gallery, with the options that produced them.
 
@@ -176,18 +254,10 @@ def evaluate(
     g_pids = _ids("g_pids", g_pids, gallery.shape[0])
     g_camids = _ids("g_camids", g_camids, gallery.shape[0])
 
-    not_junk = g_pids != JUNK_PID
-    gallery, g_pids, g_camids = gallery[not_junk], g_pids[not_junk], g_camids[not_junk]
-    if gallery.shape[0] == 0:
-        raise ValueError("gallery_features: no gallery item left after dropping junk (pid -1)")
-    if preset.append_query_to_gallery:
-        gallery = np.concatenate([query, gallery])
-        g_pids = np.concatenate([q_pids, g_pids])
-        g_camids = np.concatenate([q_camids, g_camids])
+    ranked = protocol_gallery(protocol, query, gallery, q_pids, g_pids, q_camids, g_camids)
+    gallery, g_pids, g_camids = ranked.features, ranked.pids, ranked.camids
 
-    distmat = distance_matrix(
-        query, gallery, distance, rerank=rerank, rerank_params=rerank_params
-    )
+    distmat = distance_matrix(query, gallery, distance, rerank=rerank, rerank_params=rerank_params)
     metrics = rank_metrics(
         distmat,
         q_pids,

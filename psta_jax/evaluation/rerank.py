@@ -16,9 +16,9 @@ nearest items of p in d (p itself included; ties by index, i.e. a stable sort),
 R(p, k) = {g in N(p, k) : p in N(g, k)}, V_p[g] = exp(-d[p, g]) on R*(p, k1) normalised to sum
 1, and with k2 > 1 V_p is replaced by the mean of V_g over the k2 nearest g of p.
 
-Cost: the N x N distances are held once as float32 (MARS with the queries appended, N =
-13,290: 0.7 GB) and everything else is sparse (N x ~k1 entries) or processed in row blocks;
-README states the measured time and peak memory.
+Cost: the N x N distances are held once as float32 (N^2 x 4 bytes) and everything else
+is sparse (N x ~k1 entries) or processed in row blocks; docs/benchmarks.md gives the
+measured time and peak memory.
 """
 
 from __future__ import annotations

@@ -15,21 +15,37 @@ import importlib
 from typing import Any
 
 # Loaded on first use (PEP 562): `runs` imports JAX and TensorFlow, whose threads must start
-# after the command line's CPU setup (psta_jax.xla_cpu.keep_freed_memory); a notebook sees
+# after the command line's CPU setup (psta_jax.runtime.xla_cpu.keep_freed_memory); a notebook sees
 # no difference.
 _EXPORTS = {
-    "attention": ("AttentionMaps", "attention_figure", "clip_attention", "maps_per_frame",
-                  "plot_attention"),
+    "attention": (
+        "AttentionMaps",
+        "attention_figure",
+        "clip_attention",
+        "maps_per_frame",
+        "plot_attention",
+    ),
     "plotting": ("figure_png", "save_png"),
-    "retrieval": ("RetrievalEntry", "plot_retrieval", "rank_gallery", "retrieval_figure",
-                  "retrieve"),
-    "runs": ("Run", "default_query", "display_frames", "load_run", "load_runs",
-             "tracklet_clip", "tracklet_frames"),
-    "table": ("ModelCost", "TableRow", "ablation_table", "measure_cost",
-              "parse_table_markdown", "structure", "table_markdown", "write_table",
-              "xla_flops"),
-    "tsne": ("choose_identities", "default_identities", "plot_tsne", "tsne_figure",
-             "tsne_points"),
+    "retrieval": (
+        "RetrievalEntry",
+        "plot_retrieval",
+        "rank_gallery",
+        "retrieval_figure",
+        "retrieve",
+    ),
+    "runs": ("Run", "default_query", "load_run", "load_runs", "tracklet_clip"),
+    "table": (
+        "ModelCost",
+        "TableRow",
+        "ablation_table",
+        "measure_cost",
+        "parse_table_markdown",
+        "structure",
+        "table_markdown",
+        "write_table",
+        "xla_flops",
+    ),
+    "tsne": ("choose_identities", "default_identities", "plot_tsne", "tsne_figure", "tsne_points"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -1,6 +1,7 @@
 """Command line for psta_jax.inspection: the ablation table and Figures 4-6 of trained runs.
 
-    python -m psta_jax.inspection --workdirs WORKDIR [WORKDIR ...] --out DIR
+    python -m psta_jax.inspection --workdirs=WORKDIR[,WORKDIR...] --out=DIR
+    (console script: psta-inspect)
 
 writes `DIR/ablation_table.md` and `DIR/ablation_table.csv` (one row per workdir, in the
 layout of the paper's Tables 1 and 2: aggregation P/A/G/-, SRA, TRA, conv block, stages,
@@ -15,21 +16,29 @@ functions.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
-import sys
 from collections.abc import Sequence
 
-from psta_jax import errors, inspection, xla_cpu
+from absl import flags
+
+from psta_jax import inspection
+from psta_jax.runtime import cli
 
 FIGURES = ("attention", "retrieval", "tsne")
 
 
-def inspect_runs(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-                 figures: bool = True, query: int | None = None, top_k: int = 5,
-                 identities: int = 10, batch_size: int | None = None,
-                 repeats: int = 3) -> dict[str, pathlib.Path]:
+def inspect_runs(
+    workdirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    figures: bool = True,
+    query: int | None = None,
+    top_k: int = 5,
+    identities: int = 10,
+    batch_size: int | None = None,
+    repeats: int = 3,
+) -> dict[str, pathlib.Path]:
     """The table of `workdirs` and (with `figures`) each run's three figures into `out_dir`.
 
     One query and one identity set serve every run (chosen on the first), so figures compare.
@@ -54,40 +63,71 @@ def inspect_runs(workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     return written
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m psta_jax.inspection",
-        description="Ablation table (paper Tables 1/2) and Figures 4-6 of trained workdirs.")
-    parser.add_argument("--workdirs", nargs="+", required=True,
-                        help="training workdirs (relative data paths in their configs resolve "
-                             "from the current directory: the repository root for the demo)")
-    parser.add_argument("--out", required=True, help="output folder for the table and PNGs")
-    parser.add_argument("--no_figures", action="store_true", help="write the table only")
-    parser.add_argument("--query", type=int, default=None,
-                        help="query tracklet position (default: the first with a true match)")
-    parser.add_argument("--top_k", type=int, default=5, help="ranked tracklets in Figure 5")
-    parser.add_argument("--identities", type=int, default=10, help="identities in Figure 6")
-    parser.add_argument("--batch_size", type=int, default=None,
-                        help="clips per call for FLOPs and speed (default: the eval batch)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per run")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show the full traceback of an expected error")
-    return parser.parse_args(argv)
+def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
+    del argv
+    flags.DEFINE_list(
+        "workdirs",
+        None,
+        "Training workdirs, comma-separated (relative data paths in their configs resolve "
+        "from the current directory: the repository root for the demo).",
+        flag_values=values,
+        required=True,
+    )
+    flags.DEFINE_string(
+        "out",
+        None,
+        "The output folder for the table and the PNGs.",
+        flag_values=values,
+        required=True,
+    )
+    flags.DEFINE_bool(
+        "figures", True, "Draw the figures (--nofigures: the table only).", flag_values=values
+    )
+    flags.DEFINE_integer(
+        "query",
+        None,
+        "Query tracklet position (default: the first with a true match).",
+        flag_values=values,
+        lower_bound=0,
+    )
+    flags.DEFINE_integer(
+        "top_k", 5, "Ranked tracklets in Figure 5.", flag_values=values, lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "identities", 10, "Identities in Figure 6.", flag_values=values, lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "batch_size",
+        None,
+        "Clips per call for FLOPs and speed (default: the eval batch).",
+        flag_values=values,
+        lower_bound=1,
+    )
+    flags.DEFINE_integer("repeats", 3, "Timed calls per run.", flag_values=values, lower_bound=1)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, pathlib.Path]:
-    args = _parse_args(argv)
-    xla_cpu.configure_for_cpu_if_needed()  # before JAX and TensorFlow start their threads
-    from psta_jax import input_pipeline  # noqa: PLC0415 (after the CPU setup)
-
-    input_pipeline.disable_tf_accelerators()
-    written = inspect_runs(args.workdirs, args.out, figures=not args.no_figures,
-                           query=args.query, top_k=args.top_k, identities=args.identities,
-                           batch_size=args.batch_size, repeats=args.repeats)
+def _run(values: flags.FlagValues) -> dict[str, pathlib.Path]:
+    written = inspect_runs(
+        values.workdirs,
+        values.out,
+        figures=values.figures,
+        query=values.query,
+        top_k=values.top_k,
+        identities=values.identities,
+        batch_size=values.batch_size,
+        repeats=values.repeats,
+    )
     for path in written.values():
         print(path)
     return written
 
 
+main = cli.Command(
+    name="psta-inspect",
+    summary="The ablation table (paper Tables 1/2) and Figures 4-6 of trained workdirs.",
+    define_flags=_define_flags,
+    run=_run,
+)
+
 if __name__ == "__main__":
-    errors.run_cli(main, verbose="--verbose" in sys.argv)
+    main.entry()

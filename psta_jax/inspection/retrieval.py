@@ -30,8 +30,14 @@ class RetrievalEntry:
     match: bool | None  # None: the identity is unknown (drawn grey, without a mark)
 
 
-def rank_gallery(distances: np.ndarray, q_pid: int, q_camid: int, g_pids: np.ndarray,
-                 g_camids: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+def rank_gallery(
+    distances: np.ndarray,
+    q_pid: int,
+    q_camid: int,
+    g_pids: np.ndarray,
+    g_camids: np.ndarray,
+    top_k: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """The `top_k` nearest gallery indices and whether each is a true match.
 
     Gallery items of the query's identity seen by the query's camera are not ranked (the
@@ -40,39 +46,59 @@ def rank_gallery(distances: np.ndarray, q_pid: int, q_camid: int, g_pids: np.nda
     distances = np.asarray(distances)
     g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
     if distances.ndim != 1 or distances.shape != g_pids.shape or g_pids.shape != g_camids.shape:
-        raise ValueError(f"expected distances, g_pids and g_camids of one shape (G,), got "
-                         f"{distances.shape}, {g_pids.shape}, {g_camids.shape}")
+        raise ValueError(
+            f"expected distances, g_pids and g_camids of one shape (G,), got "
+            f"{distances.shape}, {g_pids.shape}, {g_camids.shape}"
+        )
     order = np.argsort(distances, kind="stable")
     order = order[~((g_pids[order] == q_pid) & (g_camids[order] == q_camid))][:top_k]
     return order, g_pids[order] == q_pid
 
 
-
 def retrieve(run: Run, query: int, top_k: int = 5) -> list[RetrievalEntry]:
     """The top-k gallery tracklets of query tracklet `query` under the run's distance."""
-    from psta_jax.inspection.runs import protocol_gallery  # noqa: PLC0415 (imports JAX)
-
-    queries, gallery = run.features["query"], protocol_gallery(run)
+    queries, gallery = run.features["query"], run.protocol_gallery()
     if not 0 <= query < len(queries["pids"]):
         raise IndexError(f"query {query} out of range: {len(queries['pids'])} queries")
+    metric = run.trained.eval_settings.distance
     distances = evaluation.pairwise_distance(
-        queries["features"][query:query + 1], gallery["features"], run.config.eval.distance)[0]
-    order, matches = rank_gallery(distances, queries["pids"][query], queries["camids"][query],
-                                  gallery["pids"], gallery["camids"], top_k)
-    return [RetrievalEntry(rank=rank, split=str(gallery["split"][i]),
-                           position=int(gallery["position"][i]), pid=int(gallery["pids"][i]),
-                           camid=int(gallery["camids"][i]), distance=float(distances[i]),
-                           match=bool(match))
-            for rank, (i, match) in enumerate(zip(order, matches, strict=True), start=1)]
+        queries["features"][query : query + 1], gallery.features, metric
+    )[0]
+    order, matches = rank_gallery(
+        distances,
+        queries["pids"][query],
+        queries["camids"][query],
+        gallery.pids,
+        gallery.camids,
+        top_k,
+    )
+    shown = evaluation.reported_distance(distances, metric)
+    return [
+        RetrievalEntry(
+            rank=rank,
+            split=str(gallery.split[i]),
+            position=int(gallery.position[i]),
+            pid=int(gallery.pids[i]),
+            camid=int(gallery.camids[i]),
+            distance=float(shown[i]),
+            match=bool(match),
+        )
+        for rank, (i, match) in enumerate(zip(order, matches, strict=True), start=1)
+    ]
 
 
 MATCH_COLOURS = {True: "tab:green", False: "tab:red", None: "tab:gray"}
 
 
-def plot_retrieval(query_frames: Sequence[np.ndarray],
-                   ranked_frames: Sequence[Sequence[np.ndarray]],
-                   entries: Sequence[RetrievalEntry], *, query_label: str = "query",
-                   title: str = "", path: str | os.PathLike | None = None) -> Figure:
+def plot_retrieval(
+    query_frames: Sequence[np.ndarray],
+    ranked_frames: Sequence[Sequence[np.ndarray]],
+    entries: Sequence[RetrievalEntry],
+    *,
+    query_label: str = "query",
+    title: str = "",
+    path: str | os.PathLike | None = None,
+) -> Figure:
     """Figure 5: the query tracklet, then one row per ranked tracklet framed green (true
     match, ✓) or red (false, ✗); grey without pid and camera when the identity is unknown."""
     if len(ranked_frames) != len(entries):
@@ -83,8 +109,9 @@ def plot_retrieval(query_frames: Sequence[np.ndarray],
             label = f"#{entry.rank}\nd={entry.distance:.3f}"
         else:
             mark = "✓" if entry.match else "✗"
-            label = (f"{mark} #{entry.rank} pid {entry.pid}\n"
-                     f"cam {entry.camid} d={entry.distance:.3f}")
+            label = (
+                f"{mark} #{entry.rank} pid {entry.pid}\ncam {entry.camid} d={entry.distance:.3f}"
+            )
         rows.append((label, list(frames), MATCH_COLOURS[entry.match]))
     columns = max(len(frames) for _, frames, _ in rows)
     fig = new_figure((1.0 * columns + 1.6, 1.9 * len(rows) + 0.4))
@@ -107,19 +134,29 @@ def plot_retrieval(query_frames: Sequence[np.ndarray],
     return finish(fig, path)
 
 
-def retrieval_figure(run: Run, *, query: int | None = None, top_k: int = 5,
-                     frames_per_tracklet: int = 4,
-                     path: str | os.PathLike | None = None) -> Figure:
+def retrieval_figure(
+    run: Run,
+    *,
+    query: int | None = None,
+    top_k: int = 5,
+    frames_per_tracklet: int = 4,
+    path: str | os.PathLike | None = None,
+) -> Figure:
     """Figure 5 for query tracklet `query` (default: default_query) of a run."""
-    from psta_jax.inspection.runs import default_query, tracklet_frames  # noqa: PLC0415
+    from psta_jax.inspection.runs import default_query  # noqa: PLC0415
 
     splits = run.require_splits()
     query = default_query(run) if query is None else query
     entries = retrieve(run, query, top_k)
-    ranked = [tracklet_frames(getattr(splits, e.split), e.position, frames_per_tracklet)
-              for e in entries]
+    ranked = [
+        getattr(splits, e.split).decoded_frames(e.position, frames_per_tracklet) for e in entries
+    ]
     pid, camid = int(splits.query.pids[query]), int(splits.query.camids[query])
     return plot_retrieval(
-        tracklet_frames(splits.query, query, frames_per_tracklet), ranked, entries,
+        splits.query.decoded_frames(query, frames_per_tracklet),
+        ranked,
+        entries,
         query_label=f"query {query}\npid {pid} cam {camid}",
-        title=f"{run.name}: top-{len(entries)} of query {query}", path=path)
+        title=f"{run.name}: top-{len(entries)} of query {query}",
+        path=path,
+    )

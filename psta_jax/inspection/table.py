@@ -15,11 +15,11 @@ import time
 from collections.abc import Mapping, Sequence
 
 import jax
-import ml_collections
 import numpy as np
 
-from psta_jax import clip_preparation, sharding, steps
 from psta_jax.inspection.runs import Run, effective_aggregation
+from psta_jax.runtime import sharding
+from psta_jax.training import steps
 
 TABLE_STEM = "ablation_table"
 AGGREGATION_LETTERS = {"pyramid": "P", "adjacent": "A", "global": "G", "none": "-"}
@@ -56,12 +56,6 @@ class TableRow:
     checkpoint_step: int
 
 
-def eval_batch_size(run: Run) -> int:
-    """The run's evaluation batch rounded up to a multiple of the device count."""
-    devices = run.mesh.size
-    return -(-int(run.config.input.eval_batch_size) // devices) * devices
-
-
 def measure_cost(run: Run, *, batch_size: int | None = None, repeats: int = 3) -> ModelCost:
     """Trainable parameters, XLA FLOPs per clip and eval clips/s (best of `repeats` calls).
 
@@ -70,13 +64,15 @@ def measure_cost(run: Run, *, batch_size: int | None = None, repeats: int = 3) -
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    batch_size = batch_size or eval_batch_size(run)
+    batch_size = batch_size or sharding.round_up_to_devices(run.trained.eval_batch_size, run.mesh)
     if batch_size % run.mesh.size:
-        raise ValueError(f"batch_size {batch_size} must be a multiple of the "
-                         f"{run.mesh.size} devices")
-    clips = random_clips(run.config, batch_size)
+        raise ValueError(
+            f"batch_size {batch_size} must be a multiple of the {run.mesh.size} devices"
+        )
+    clips = random_clips(run.trained.clip_shape, batch_size)
     compiled = run.embed_fn.lower(
-        run.params, run.model_state, jax.ShapeDtypeStruct(clips.shape, clips.dtype)).compile()
+        run.params, run.model_state, jax.ShapeDtypeStruct(clips.shape, clips.dtype)
+    ).compile()
     flops = xla_flops(compiled.cost_analysis())
     clips = jax.device_put(clips, sharding.data_sharded(run.mesh))
     jax.block_until_ready(compiled(run.params, run.model_state, clips))
@@ -85,18 +81,17 @@ def measure_cost(run: Run, *, batch_size: int | None = None, repeats: int = 3) -
         start = time.perf_counter()
         jax.block_until_ready(compiled(run.params, run.model_state, clips))
         best = min(best, time.perf_counter() - start)
-    return ModelCost(params=steps.count_trainable(run.params), flops_per_clip=flops / batch_size,
-                     clips_per_second=batch_size / best, batch_size=batch_size)
+    return ModelCost(
+        params=steps.count_trainable(run.params),
+        flops_per_clip=flops / batch_size,
+        clips_per_second=batch_size / best,
+        batch_size=batch_size,
+    )
 
 
-def random_clips(config: ml_collections.ConfigDict, batch_size: int) -> np.ndarray:
-    """Random clips shaped and typed as the eval pipeline's batches (B, T, H, W, 3)."""
-    pipeline = clip_preparation.eval_pipeline_config(config)
-    shape = (batch_size, pipeline.seq_len, *pipeline.image_size, 3)
-    rng = np.random.default_rng(0)
-    if pipeline.uint8_clips:
-        return rng.integers(0, 256, shape, dtype=np.uint8)
-    return rng.standard_normal(shape).astype(pipeline.dtype)
+def random_clips(clip_shape: tuple[int, ...], batch_size: int) -> np.ndarray:
+    """Random uint8 clips (B, T, H, W, 3), as the eval input's batches are."""
+    return np.random.default_rng(0).integers(0, 256, (batch_size, *clip_shape), dtype=np.uint8)
 
 
 def xla_flops(cost_analysis) -> float:
@@ -117,16 +112,21 @@ def structure(model_config: Mapping) -> dict:
     def flag(name: str) -> bool | None:
         return bool(model_config[name]) if has_stam else None
 
-    return dict(aggregation=AGGREGATION_LETTERS[aggregation], sra=flag("use_sra"),
-                tra=flag("use_tra"), conv_block=flag("use_conv_block"), stages=stages)
+    return dict(
+        aggregation=AGGREGATION_LETTERS[aggregation],
+        sra=flag("use_sra"),
+        tra=flag("use_tra"),
+        conv_block=flag("use_conv_block"),
+        stages=stages,
+    )
 
 
 def table_row(run: Run, cost: ModelCost) -> TableRow:
     results = run.results or {}
     return TableRow(
         run=run.name,
-        ablation=str(run.config.get("ablation", "")),
-        **structure(run.config.model),
+        ablation=run.trained.ablation,
+        **structure(run.trained.model_fields),
         mAP=100.0 * float(results.get("mAP", math.nan)),
         rank1=100.0 * float(results.get("rank1", math.nan)),
         clips_per_second=cost.clips_per_second,
@@ -137,15 +137,28 @@ def table_row(run: Run, cost: ModelCost) -> TableRow:
     )
 
 
-def ablation_table(runs: Sequence[Run], *, batch_size: int | None = None,
-                   repeats: int = 3) -> list[TableRow]:
+def ablation_table(
+    runs: Sequence[Run], *, batch_size: int | None = None, repeats: int = 3
+) -> list[TableRow]:
     """One TableRow per run, cost measured on this machine."""
-    return [table_row(run, measure_cost(run, batch_size=batch_size, repeats=repeats))
-            for run in runs]
+    return [
+        table_row(run, measure_cost(run, batch_size=batch_size, repeats=repeats)) for run in runs
+    ]
 
 
-MARKDOWN_COLUMNS = ("Run", "AS", "SRA", "TRA", "Res", "Stages", "mAP", "Rank-1",
-                    "Speed (clips/s)", "Params (M)", "GFLOPs")
+MARKDOWN_COLUMNS = (
+    "Run",
+    "AS",
+    "SRA",
+    "TRA",
+    "Res",
+    "Stages",
+    "mAP",
+    "Rank-1",
+    "Speed (clips/s)",
+    "Params (M)",
+    "GFLOPs",
+)
 
 
 def _mark(flag: bool | None) -> str:
@@ -154,12 +167,24 @@ def _mark(flag: bool | None) -> str:
 
 def table_markdown(rows: Sequence[TableRow]) -> str:
     """The paper's layout: AS (P/A/G/-), SRA, TRA, Res (conv block), stages, metrics, cost."""
-    lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |",
-             "|" + "|".join(["---"] + [":-:"] * 5 + ["--:"] * 5) + "|"]
+    lines = [
+        "| " + " | ".join(MARKDOWN_COLUMNS) + " |",
+        "|" + "|".join(["---"] + [":-:"] * 5 + ["--:"] * 5) + "|",
+    ]
     for r in rows:
-        cells = (r.run, r.aggregation, _mark(r.sra), _mark(r.tra), _mark(r.conv_block),
-                 str(r.stages), f"{r.mAP:.1f}", f"{r.rank1:.1f}", f"{r.clips_per_second:.4g}",
-                 f"{r.params / 1e6:.4g}", f"{r.gflops_per_clip:.4g}")
+        cells = (
+            r.run,
+            r.aggregation,
+            _mark(r.sra),
+            _mark(r.tra),
+            _mark(r.conv_block),
+            str(r.stages),
+            f"{r.mAP:.1f}",
+            f"{r.rank1:.1f}",
+            f"{r.clips_per_second:.4g}",
+            f"{r.params / 1e6:.4g}",
+            f"{r.gflops_per_clip:.4g}",
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -170,8 +195,10 @@ def parse_table_markdown(text: str) -> list[dict[str, str]]:
     if len(lines) < 2:
         raise ValueError("expected a markdown table with a header and a separator line")
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
-            for line in lines[2:]]
+    return [
+        dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        for line in lines[2:]
+    ]
 
 
 def write_table(rows: Sequence[TableRow], out_dir: str | os.PathLike) -> dict[str, pathlib.Path]:

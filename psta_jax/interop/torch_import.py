@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from psta_jax.errors import UserError
 from psta_jax.models.psta import PSTA, FrozenParam
+from psta_jax.runtime.errors import UserError
 
 StateDict = Mapping[str, Any]
 Path = tuple[Any, ...]
@@ -93,8 +93,12 @@ def torch_name(path: Path) -> str:
             out.append(f"layer{int(nxt) + 1}")
             context, index = "stam", index + 2
             continue
-        if token in CONV_BN_LISTS and nxt is not None and nxt.isdigit() and (
-                context in ("stam", "sra")):
+        if (
+            token in CONV_BN_LISTS
+            and nxt is not None
+            and nxt.isdigit()
+            and (context in ("stam", "sra"))
+        ):
             after = modules[index + 2] if index + 2 < len(modules) else ""
             offset = {"conv": 0, "bn": 1}[after]
             out += [RELEASE_NAMES.get((context, token), token), str(3 * int(nxt) + offset)]
@@ -137,7 +141,7 @@ def _strip_prefix(state_dict: StateDict) -> dict[str, Any]:
     """Drops DataParallel's 'module.' prefix when every key carries it."""
     keys = list(state_dict)
     if keys and all(k.startswith("module.") for k in keys):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
+        return {k[len("module.") :]: v for k, v in state_dict.items()}
     return dict(state_dict)
 
 
@@ -145,22 +149,25 @@ def _strip_prefix(state_dict: StateDict) -> dict[str, Any]:
 # object in '<folder>/data.pkl'; or (legacy format) a pickle starting with torch's magic number.
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
-_EXPECTED = ("expected a file written by torch.save (a zip archive holding <name>/data.pkl, or "
-             "torch's legacy pickle format) with a state_dict of tensors")
+_EXPECTED = (
+    "expected a file written by torch.save (a zip archive holding <name>/data.pkl, or "
+    "torch's legacy pickle format) with a state_dict of tensors"
+)
 
 
 def _zip_first_record(head: bytes) -> str:
     """The file name of a zip archive's first local record (from its first bytes)."""
     name_length = int.from_bytes(head[26:28], "little")
-    return head[30:30 + name_length].decode(errors="replace")
+    return head[30 : 30 + name_length].decode(errors="replace")
 
 
 def check_torch_checkpoint(path: str | os.PathLike) -> None:
     """Raises `NotATorchCheckpointError` unless `path` looks like a `torch.save` file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise NotATorchCheckpointError(f"no PyTorch checkpoint at {path!r}: the file does not "
-                                       "exist (check the path)")
+        raise NotATorchCheckpointError(
+            f"no PyTorch checkpoint at {path!r}: the file does not exist (check the path)"
+        )
     with open(path, "rb") as f:
         head = f.read(256)
     if head.startswith(_LEGACY_MAGIC):
@@ -170,15 +177,19 @@ def check_torch_checkpoint(path: str | os.PathLike) -> None:
             with zipfile.ZipFile(path) as archive:
                 if any(name.endswith("/data.pkl") for name in archive.namelist()):
                     return
-            raise NotATorchCheckpointError(f"{path!r} is a zip archive but not a PyTorch "
-                                           f"checkpoint (no <name>/data.pkl in it); {_EXPECTED}")
+            raise NotATorchCheckpointError(
+                f"{path!r} is a zip archive but not a PyTorch "
+                f"checkpoint (no <name>/data.pkl in it); {_EXPECTED}"
+            )
         if _zip_first_record(head).endswith("/data.pkl"):
             raise NotATorchCheckpointError(
                 f"{path!r} is a damaged or truncated PyTorch checkpoint ({os.path.getsize(path)} "
-                "bytes; its zip directory is missing): copy or download it again")
+                "bytes; its zip directory is missing): copy or download it again"
+            )
     raise NotATorchCheckpointError(
         f"{path!r} is not a PyTorch checkpoint ({os.path.getsize(path)} bytes, starting with "
-        f"{head[:8]!r}); {_EXPECTED}")
+        f"{head[:8]!r}); {_EXPECTED}"
+    )
 
 
 def _numpy_scalar_globals() -> list:
@@ -186,8 +197,11 @@ def _numpy_scalar_globals() -> list:
     import numpy.dtypes
 
     multiarray = getattr(np, "_core", None) or np.core
-    return [multiarray.multiarray.scalar, np.dtype,
-            *(getattr(numpy.dtypes, name) for name in numpy.dtypes.__all__)]
+    return [
+        multiarray.multiarray.scalar,
+        np.dtype,
+        *(getattr(numpy.dtypes, name) for name in numpy.dtypes.__all__),
+    ]
 
 
 def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -199,9 +213,11 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise MissingTorchError(f"reading the PyTorch checkpoint {os.fspath(path)!r} needs torch: "
-                                "pip install 'psta-jax[torch]' (or pass a mapping of NumPy "
-                                "arrays instead)") from err
+        raise MissingTorchError(
+            f"reading the PyTorch checkpoint {os.fspath(path)!r} needs torch: "
+            "pip install 'psta-jax[torch]' (or pass a mapping of NumPy "
+            "arrays instead)"
+        ) from err
     check_torch_checkpoint(path)
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
@@ -216,18 +232,25 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
             f"{os.fspath(path)!r} is a PyTorch checkpoint, but besides tensors it holds Python "
             f"objects{what} that psta-jax does not unpickle, since that could run code. Where "
             "the file was made, save its tensors alone, e.g. torch.save(checkpoint['state_dict'],"
-            " 'weights.pth'), and convert that file.") from err
+            " 'weights.pth'), and convert that file."
+        ) from err
     except (RuntimeError, EOFError, ValueError) as err:
-        raise WeightImportError(f"{os.fspath(path)!r} is a damaged PyTorch checkpoint (torch "
-                                f"cannot read it: {str(err).splitlines()[0]}): copy or download "
-                                "it again") from err
+        raise WeightImportError(
+            f"{os.fspath(path)!r} is a damaged PyTorch checkpoint (torch "
+            f"cannot read it: {str(err).splitlines()[0]}): copy or download "
+            "it again"
+        ) from err
     if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping):
-        raise WeightImportError(f"{os.fspath(path)!r} holds a {type(checkpoint).__name__}, "
-                                "expected a state_dict (or a dict with 'state_dict')")
-    return {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
-            for k, v in checkpoint.items()}
+        raise WeightImportError(
+            f"{os.fspath(path)!r} holds a {type(checkpoint).__name__}, "
+            "expected a state_dict (or a dict with 'state_dict')"
+        )
+    return {
+        k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+        for k, v in checkpoint.items()
+    }
 
 
 def read_state_dict(source: str | os.PathLike | StateDict) -> dict[str, Any]:
@@ -249,9 +272,14 @@ def key_map(module: nnx.Module, prefix: str = "") -> dict[str, Path]:
     return names
 
 
-def load_state_dict(module: nnx.Module, source: str | os.PathLike | StateDict, *,
-                    prefix: str = "", ignore: Callable[[str], bool] | None = None,
-                    what: str = "model") -> nnx.Module:
+def load_state_dict(
+    module: nnx.Module,
+    source: str | os.PathLike | StateDict,
+    *,
+    prefix: str = "",
+    ignore: Callable[[str], bool] | None = None,
+    what: str = "model",
+) -> nnx.Module:
     """Loads a PyTorch state_dict into `module` (in place; also returned), strictly.
 
     `prefix` is prepended to our names to find the source entries ('base.' ...);
@@ -270,16 +298,24 @@ def load_state_dict(module: nnx.Module, source: str | os.PathLike | StateDict, *
         target = flat[path]
         value = to_flax(state_dict[name], tuple(target.shape))
         if tuple(value.shape) != tuple(target.shape):
-            misshaped.append(f"{name}: source {tuple(np.shape(state_dict[name]))} -> "
-                             f"{tuple(value.shape)}, model expects {tuple(target.shape)}")
+            misshaped.append(
+                f"{name}: source {tuple(np.shape(state_dict[name]))} -> "
+                f"{tuple(value.shape)}, model expects {tuple(target.shape)}"
+            )
             continue
         updates[path] = jnp.asarray(value, dtype=target.dtype)
-    unexpected = [k for k in state_dict if k not in names
-                  and not k.endswith(IGNORED_SUFFIXES) and not (ignore and ignore(k))]
+    unexpected = [
+        k
+        for k in state_dict
+        if k not in names and not k.endswith(IGNORED_SUFFIXES) and not (ignore and ignore(k))
+    ]
     if missing or unexpected or misshaped:
         parts = [f"cannot load these weights into the {what}:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected),
-                             ("mis-shaped", misshaped)):
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("mis-shaped", misshaped),
+        ):
             if items:
                 parts.append(f"  {len(items)} {title}: " + ", ".join(sorted(items)))
         raise WeightImportError("\n".join(parts))
@@ -302,8 +338,10 @@ def load_official_psta(source: str | os.PathLike | StateDict, **model_overrides)
     """
     state_dict = read_state_dict(source)
     if "classifier.0.weight" not in state_dict:
-        raise WeightImportError("not a PSTA release state_dict: no 'classifier.0.weight' "
-                                f"among its {len(state_dict)} entries")
+        raise WeightImportError(
+            "not a PSTA release state_dict: no 'classifier.0.weight' "
+            f"among its {len(state_dict)} entries"
+        )
     num_classes = int(np.shape(state_dict["classifier.0.weight"])[0])
     model = nnx.eval_shape(lambda: PSTA(num_classes, **model_overrides, rngs=nnx.Rngs(0)))
     _materialize(model)
@@ -319,17 +357,16 @@ def _materialize(module: nnx.Module) -> None:
     nnx.update(module, zeros)
 
 
-def load_torchvision_resnet50(source: str | os.PathLike | StateDict,
-                              model_or_backbone: nnx.Module) -> nnx.Module:
+def load_torchvision_resnet50(
+    source: str | os.PathLike | StateDict, model_or_backbone: nnx.Module
+) -> nnx.Module:
     """Loads torchvision ImageNet ResNet-50 weights into a PSTA's backbone (or a ResNet).
 
     The `fc` entries are ignored; anything else missing, unexpected or mis-shaped raises.
     Returns the model or backbone that was passed.
     """
-    backbone = model_or_backbone.base if isinstance(model_or_backbone, PSTA) \
-        else model_or_backbone
-    load_state_dict(backbone, source, ignore=lambda k: k.startswith("fc."),
-                    what="ResNet backbone")
+    backbone = model_or_backbone.base if isinstance(model_or_backbone, PSTA) else model_or_backbone
+    load_state_dict(backbone, source, ignore=lambda k: k.startswith("fc."), what="ResNet backbone")
     return model_or_backbone
 
 
@@ -349,5 +386,7 @@ def export_state_dict(module: nnx.Module, prefix: str = "") -> dict[str, np.ndar
     """`module`'s variables as a PyTorch-named, PyTorch-layout dict of NumPy arrays
     (no num_batches_tracked); `load_state_dict` reads it back exactly."""
     state = dict(nnx.to_flat_state(nnx.state(module, LOADED_VARIABLES)))
-    return {name: to_torch(np.asarray(state[path][...]), name)
-            for name, path in key_map(module, prefix).items()}
+    return {
+        name: to_torch(np.asarray(state[path][...]), name)
+        for name, path in key_map(module, prefix).items()
+    }

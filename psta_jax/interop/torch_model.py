@@ -1,7 +1,7 @@
 """The authors' released PSTA network and loss, in PyTorch (the speed baseline and a cross-check).
 
-This is the network of the authors' PyTorch release (the project's notes on it,
-`official_model.md`; comments cite its sections), written from that description: a
+This is the network of the authors' PyTorch release (docs/release_network.md; comments
+cite its sections), written from that description: a
 ResNet-50 with last stride 1 (`base.`), `down_channel` (1x1 conv 2048 -> 1024, BN, ReLU),
 three STAM stages (`layer1.` .. `layer3.`: 8 maps -> 4 -> 2 -> 1), per-stage BN necks
 (`bottleneck.k`, bias frozen at 0) and classifiers (`classifier.k`). Module and parameter
@@ -90,8 +90,9 @@ class ResNetBackbone(nn.Module):
     """ResNet-50 (blocks 3, 4, 6, 3) without pooling and fc, `layer4` with `last_stride`;
     torchvision's key names. (N, 3, H, W) -> (N, 32 * width, H / 16, W / 16) at stride 1."""
 
-    def __init__(self, width: int = 64, last_stride: int = 1,
-                 blocks: tuple[int, ...] = (3, 4, 6, 3)):
+    def __init__(
+        self, width: int = 64, last_stride: int = 1, blocks: tuple[int, ...] = (3, 4, 6, 3)
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -117,16 +118,20 @@ class ResNetBackbone(nn.Module):
 # ----------------------------------------------------------------------------- STAM (3-5)
 
 
-def conv_bn(in_channels: int, out_channels: int, activation: nn.Module,
-            kernel_size: int = 1) -> list[nn.Module]:
+def conv_bn(
+    in_channels: int, out_channels: int, activation: nn.Module, kernel_size: int = 1
+) -> list[nn.Module]:
     """[bias-free conv, BatchNorm2d, activation] (entries .0, .1, .2 of a Sequential)."""
-    return [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
-                      bias=False),
-            nn.BatchNorm2d(out_channels), activation]
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        activation,
+    ]
 
 
-def relation_maps(query: torch.Tensor, key: torch.Tensor,
-                  spatial: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def relation_maps(
+    query: torch.Tensor, key: torch.Tensor, spatial: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(in(R), out(R)) of R[p, q] = <query[:, p], key[:, q]>, each (N, HW, H, W).
 
     query, key: (N, C', HW). in(R) has channel q at position p (value R[p, q]); out(R)
@@ -153,11 +158,13 @@ class TRA(nn.Module):
         self.tte_para = nn.Sequential(*conv_bn(2 * c8, c8, nn.ReLU()))
         self.te_para = nn.Sequential(*conv_bn(2 * c8, 1, nn.Sigmoid()))
         self.theta_channel = nn.Sequential(nn.Conv1d(channels, c8, 1, bias=False), nn.ReLU())
-        self.channel_para = nn.Sequential(nn.Linear(2 * c8, c8), nn.ReLU(),
-                                          nn.Linear(c8, channels), nn.Sigmoid())
+        self.channel_para = nn.Sequential(
+            nn.Linear(2 * c8, c8), nn.ReLU(), nn.Linear(c8, channels), nn.Sigmoid()
+        )
 
-    def forward(self, frames: torch.Tensor, embedded: torch.Tensor,
-                means: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, frames: torch.Tensor, embedded: torch.Tensor, means: torch.Tensor
+    ) -> torch.Tensor:
         """frames (B, T, C, H, W), embeddings (B, T, C/8, H, W), spatial means (B, T, C)
         -> one map per pair (B, T/2, C, H, W)."""
         batch, seq_len, channels, height, width = frames.shape
@@ -175,13 +182,16 @@ class TRA(nn.Module):
             # One call per direction, the first frame's (s_i) before the second's (s_j).
             s_i = self._spatial_weight(embedded[:, i], embedded[:, j], in_ij, out_ji)
             s_j = self._spatial_weight(embedded[:, j], embedded[:, i], in_ji, out_ij)
-            fused = (c_ij[:, :, None, None] * s_i * frames[:, i]
-                     + c_ji[:, :, None, None] * s_j * frames[:, j])
+            fused = (
+                c_ij[:, :, None, None] * s_i * frames[:, i]
+                + c_ji[:, :, None, None] * s_j * frames[:, j]
+            )
             outputs.append(torch.square(F.relu(fused)))  # the release squares it
         return torch.stack(outputs, dim=1)
 
-    def _spatial_weight(self, own: torch.Tensor, other: torch.Tensor, rel_in: torch.Tensor,
-                        rel_out: torch.Tensor) -> torch.Tensor:
+    def _spatial_weight(
+        self, own: torch.Tensor, other: torch.Tensor, rel_in: torch.Tensor, rel_out: torch.Tensor
+    ) -> torch.Tensor:
         appearance = self.tte_para(torch.cat([own, other], dim=1))
         relation = self.gg_temporal(torch.cat([rel_in, rel_out], dim=1))
         return self.te_para(torch.cat([appearance, relation], dim=1))  # (B, 1, H, W)
@@ -198,13 +208,16 @@ class SRA(nn.Module):
         self.alphi_appearance = nn.Sequential(*conv_bn(channels, c8, nn.ReLU()))
         self.delta_appearance = nn.Sequential(*conv_bn(channels, c8, nn.ReLU()))
         self.gg_spatial = nn.Sequential(*conv_bn(2 * hw, c8, nn.ReLU()))
-        self.spa_para = nn.Sequential(*conv_bn(2 * c8, c8, nn.ReLU()),
-                                      *conv_bn(c8, 1, nn.Sigmoid()))
-        self.app_channel = nn.Sequential(nn.Linear(channels, c8), nn.ReLU(),
-                                         nn.Linear(c8, channels), nn.Sigmoid())
+        self.spa_para = nn.Sequential(
+            *conv_bn(2 * c8, c8, nn.ReLU()), *conv_bn(c8, 1, nn.Sigmoid())
+        )
+        self.app_channel = nn.Sequential(
+            nn.Linear(channels, c8), nn.ReLU(), nn.Linear(c8, channels), nn.Sigmoid()
+        )
 
-    def forward(self, frames: torch.Tensor, embedded: torch.Tensor,
-                means: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, frames: torch.Tensor, embedded: torch.Tensor, means: torch.Tensor
+    ) -> torch.Tensor:
         """frames (B, T, C, H, W), embeddings (B, T, C/8, H, W), spatial means (B, T, C)
         -> one map per pair (B, T/2, C, H, W)."""
         batch, seq_len, channels, height, width = frames.shape
@@ -227,13 +240,17 @@ class STAM(nn.Module):
     def __init__(self, channels: int, spatial: tuple[int, int]):
         super().__init__()
         mid, c8 = channels // 4, channels // 8
-        self.Embeding = nn.Sequential(*conv_bn(channels, mid, nn.ReLU()),  # noqa: N815
-                                      *conv_bn(mid, c8, nn.ReLU()))
+        self.Embeding = nn.Sequential(
+            *conv_bn(channels, mid, nn.ReLU()),  # noqa: N815
+            *conv_bn(mid, c8, nn.ReLU()),
+        )
         self.TRAG = TRA(channels, spatial)
         self.SRAG = SRA(channels, spatial)
-        self.conv_block = nn.Sequential(*conv_bn(channels, mid, nn.ReLU()),
-                                        *conv_bn(mid, mid, nn.ReLU(), kernel_size=3),
-                                        *conv_bn(mid, channels, nn.ReLU()))
+        self.conv_block = nn.Sequential(
+            *conv_bn(channels, mid, nn.ReLU()),
+            *conv_bn(mid, mid, nn.ReLU(), kernel_size=3),
+            *conv_bn(mid, channels, nn.ReLU()),
+        )
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         batch, seq_len, channels, height, width = frames.shape
@@ -262,9 +279,14 @@ class PSTARelease(nn.Module):
       backbone_width: ResNet-50's base width (64 in the release; smaller only for tests).
     """
 
-    def __init__(self, num_classes: int, feature_dim: int = 1024,
-                 image_size: tuple[int, int] = (256, 128), seq_len: int = 8,
-                 backbone_width: int = 64):
+    def __init__(
+        self,
+        num_classes: int,
+        feature_dim: int = 1024,
+        image_size: tuple[int, int] = (256, 128),
+        seq_len: int = 8,
+        backbone_width: int = 64,
+    ):
         super().__init__()
         if seq_len < 2**NUM_STAGES or seq_len & (seq_len - 1):
             raise ValueError(f"seq_len must be a power of two >= {2**NUM_STAGES}, got {seq_len}")
@@ -279,15 +301,15 @@ class PSTARelease(nn.Module):
         if image_size[0] % stride or image_size[1] % stride:
             raise ValueError(f"image_size {tuple(image_size)} must be divisible by {stride}")
         self.map_size = (image_size[0] // stride, image_size[1] // stride)
-        self.down_channel = nn.Sequential(
-            *conv_bn(self.base.out_channels, feature_dim, nn.ReLU()))
+        self.down_channel = nn.Sequential(*conv_bn(self.base.out_channels, feature_dim, nn.ReLU()))
         for stage in range(NUM_STAGES):
             setattr(self, f"layer{stage + 1}", STAM(feature_dim, self.map_size))
         self.bottleneck = nn.ModuleList(nn.BatchNorm1d(feature_dim) for _ in range(NUM_STAGES))
         for neck in self.bottleneck:
             neck.bias.requires_grad_(False)
-        self.classifier = nn.ModuleList(nn.Linear(feature_dim, num_classes)
-                                        for _ in range(NUM_STAGES))
+        self.classifier = nn.ModuleList(
+            nn.Linear(feature_dim, num_classes) for _ in range(NUM_STAGES)
+        )
         self.reset_parameters()
 
     @property
@@ -340,8 +362,9 @@ class PSTARelease(nn.Module):
         return outputs
 
     @staticmethod
-    def clip_features(stage_maps: list[torch.Tensor]) -> tuple[list[torch.Tensor],
-                                                               list[torch.Tensor]]:
+    def clip_features(
+        stage_maps: list[torch.Tensor],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(stage features f_n, cumulative features x_n = mean(f_1..f_n)), each (B, C)."""
         stage_features = [maps.mean(dim=(1, 3, 4)) for maps in stage_maps]
         cumulative = [sum(stage_features[: n + 1]) / (n + 1) for n in range(len(stage_maps))]
@@ -363,26 +386,35 @@ class PSTARelease(nn.Module):
         if clips.ndim != 5 or clips.shape[2] != 3:
             raise ValueError(f"expected clips (B, T, 3, H, W), got {tuple(clips.shape)}")
         if tuple(clips.shape[3:]) != self.image_size:
-            raise ValueError(f"built for {self.image_size} frames, got "
-                             f"{tuple(clips.shape[3:])}")
+            raise ValueError(f"built for {self.image_size} frames, got {tuple(clips.shape[3:])}")
         seq_len = clips.shape[1]
         if seq_len < 2**NUM_STAGES or seq_len & (seq_len - 1):
             raise ValueError(f"T must be a power of two >= {2**NUM_STAGES}, got T={seq_len}")
 
 
-def release_model(num_classes: int, feature_dim: int = 1024,
-                  image_size: tuple[int, int] = (256, 128), seq_len: int = 8,
-                  backbone_width: int = 64) -> PSTARelease:
+def release_model(
+    num_classes: int,
+    feature_dim: int = 1024,
+    image_size: tuple[int, int] = (256, 128),
+    seq_len: int = 8,
+    backbone_width: int = 64,
+) -> PSTARelease:
     """The release's `PSTA(num_classes, seq_len)` (defaults) with section 8's init."""
-    return PSTARelease(num_classes, feature_dim=feature_dim, image_size=image_size,
-                       seq_len=seq_len, backbone_width=backbone_width)
+    return PSTARelease(
+        num_classes,
+        feature_dim=feature_dim,
+        image_size=image_size,
+        seq_len=seq_len,
+        backbone_width=backbone_width,
+    )
 
 
 # ----------------------------------------------------------------------------- loss (7)
 
 
-def cross_entropy_label_smooth(logits: torch.Tensor, labels: torch.Tensor,
-                               epsilon: float = 0.1) -> torch.Tensor:
+def cross_entropy_label_smooth(
+    logits: torch.Tensor, labels: torch.Tensor, epsilon: float = 0.1
+) -> torch.Tensor:
     """Cross-entropy against (1 - eps) * onehot + eps / num_classes, batch mean."""
     log_probs = F.log_softmax(logits, dim=1)
     targets = torch.zeros_like(log_probs).scatter_(1, labels[:, None], 1.0)
@@ -390,8 +422,9 @@ def cross_entropy_label_smooth(logits: torch.Tensor, labels: torch.Tensor,
     return (-targets * log_probs).mean(0).sum()
 
 
-def batch_hard_triplet(features: torch.Tensor, labels: torch.Tensor,
-                       margin: float = 0.3) -> torch.Tensor:
+def batch_hard_triplet(
+    features: torch.Tensor, labels: torch.Tensor, margin: float = 0.3
+) -> torch.Tensor:
     """Batch-hard triplet, distance = -cosine similarity: mean(relu(d_ap - d_an + margin)),
     hardest positive over the anchor's label (itself included), hardest negative over the
     others."""
@@ -403,14 +436,21 @@ def batch_hard_triplet(features: torch.Tensor, labels: torch.Tensor,
     return F.relu(hardest_positive - hardest_negative + margin).mean()
 
 
-def release_loss(outputs: ReleaseOutput, labels: torch.Tensor, *, label_smoothing: float = 0.1,
-                 margin: float = 0.3) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def release_loss(
+    outputs: ReleaseOutput,
+    labels: torch.Tensor,
+    *,
+    label_smoothing: float = 0.1,
+    margin: float = 0.3,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The release's Train.py loss: mean_k CE_ls(logits_k) + mean_k Triplet(features_k).
 
     Returns (total, {'ce': mean CE, 'triplet': mean triplet}), scalars.
     """
-    ce = torch.stack([cross_entropy_label_smooth(logits, labels, label_smoothing)
-                      for logits in outputs.logits]).mean()
-    triplet = torch.stack([batch_hard_triplet(features, labels, margin)
-                           for features in outputs.features]).mean()
+    ce = torch.stack(
+        [cross_entropy_label_smooth(logits, labels, label_smoothing) for logits in outputs.logits]
+    ).mean()
+    triplet = torch.stack(
+        [batch_hard_triplet(features, labels, margin) for features in outputs.features]
+    ).mean()
     return ce + triplet, {"ce": ce, "triplet": triplet}

@@ -1,7 +1,7 @@
 """PSTA network: ResNet backbone, STAM stages and the full model.
 
-`build_model(config.model, num_classes, rngs)` builds a `PSTA` from an ml_collections
-ConfigDict whose field names equal `PSTA`'s keyword arguments.
+`build_model(config.model.to_dict(), num_classes, rngs)` builds a `PSTA` from model fields
+named as `PSTA`'s keyword arguments.
 """
 
 from __future__ import annotations
@@ -12,19 +12,24 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from psta_jax.models.psta import (
-    PSTA,
-    BNNeck,
-    FrozenParam,
-    PSTAOutput,
-    capture_attention,
-)
+from psta_jax.models.psta import PSTA, BNNeck, FrozenParam, PSTAOutput, capture_attention
 from psta_jax.models.resnet import ResNet
 from psta_jax.models.stam import SRA, STAM, TRA
 
 MODEL_FIELDS = (
-    "depth", "width", "last_stride", "feature_dim", "image_size", "seq_len", "aggregation",
-    "num_stages", "use_sra", "use_tra", "use_conv_block", "dtype", "remat",
+    "depth",
+    "width",
+    "last_stride",
+    "feature_dim",
+    "image_size",
+    "seq_len",
+    "aggregation",
+    "num_stages",
+    "use_sra",
+    "use_tra",
+    "use_conv_block",
+    "dtype",
+    "remat",
 )
 
 
@@ -37,8 +42,10 @@ def build_model(model_config: Mapping[str, Any], num_classes: int, rngs: nnx.Rng
     fields = dict(model_config)
     unknown = sorted(set(fields) - set(MODEL_FIELDS) - {"param_dtype"})
     if unknown:
-        raise ValueError(f"build_model: unknown model config fields {unknown}; "
-                         f"expected a subset of {list(MODEL_FIELDS)}")
+        raise ValueError(
+            f"build_model: unknown model config fields {unknown}; "
+            f"expected a subset of {list(MODEL_FIELDS)}"
+        )
     if "image_size" in fields:
         fields["image_size"] = tuple(int(s) for s in fields["image_size"])
     for key in ("dtype", "param_dtype"):
@@ -48,6 +55,15 @@ def build_model(model_config: Mapping[str, Any], num_classes: int, rngs: nnx.Rng
 
 
 __all__ = [
-    "PSTA", "PSTAOutput", "BNNeck", "FrozenParam", "ResNet", "SRA", "STAM", "TRA",
-    "build_model", "capture_attention", "MODEL_FIELDS",
+    "PSTA",
+    "PSTAOutput",
+    "BNNeck",
+    "FrozenParam",
+    "ResNet",
+    "SRA",
+    "STAM",
+    "TRA",
+    "build_model",
+    "capture_attention",
+    "MODEL_FIELDS",
 ]

@@ -37,8 +37,14 @@ def statistics_dtype(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def normalize(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array,
-              bias: jax.Array, epsilon: float = BN_EPSILON) -> jax.Array:
+def normalize(
+    x: jax.Array,
+    mean: jax.Array,
+    var: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    epsilon: float = BN_EPSILON,
+) -> jax.Array:
     """(x - mean) / sqrt(var + eps) * scale + bias, as one multiply-add."""
     multiplier = scale * jax.lax.rsqrt(var + epsilon)
     return x * multiplier + (bias - mean * multiplier)
@@ -47,8 +53,10 @@ def normalize(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array,
 def _normalised_axes(x: jax.Array, group_axes: Sequence[int]) -> tuple[int, ...]:
     axes = tuple(a % x.ndim for a in group_axes)
     if len(set(axes)) != len(axes) or x.ndim - 1 in axes:
-        raise ValueError(f"BatchNorm group_axes {tuple(group_axes)} must be distinct axes "
-                         f"other than the channel axis of an input of shape {x.shape}")
+        raise ValueError(
+            f"BatchNorm group_axes {tuple(group_axes)} must be distinct axes "
+            f"other than the channel axis of an input of shape {x.shape}"
+        )
     return axes
 
 
@@ -98,8 +106,9 @@ def calls_in_order(stat: jax.Array, group_axes: Sequence[int]) -> jax.Array:
     return jnp.transpose(stat, order + rest).reshape(-1, stat.shape[-1])
 
 
-def running_update(running: jax.Array, calls: jax.Array,
-                   momentum: float = BN_MOMENTUM) -> jax.Array:
+def running_update(
+    running: jax.Array, calls: jax.Array, momentum: float = BN_MOMENTUM
+) -> jax.Array:
     """The running statistic after k sequential momentum updates, in closed form.
 
     running (C,), calls (k, C) in call order -> m^k r + (1 - m) sum_i m^(k-1-i) s_i.
@@ -111,9 +120,13 @@ def running_update(running: jax.Array, calls: jax.Array,
     return updated.astype(running.dtype)
 
 
-def batch_normalize(x: jax.Array, scale: jax.Array, bias: jax.Array,
-                    group_axes: Sequence[int] = (), epsilon: float = BN_EPSILON
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def batch_normalize(
+    x: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    group_axes: Sequence[int] = (),
+    epsilon: float = BN_EPSILON,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Training-mode BatchNorm of x (..., C) with its own statistics: (y, mean, var).
 
     y (..., C) in statistics_dtype(x.dtype); mean and biased var (kept dims, see
@@ -124,9 +137,11 @@ def batch_normalize(x: jax.Array, scale: jax.Array, bias: jax.Array,
     """
     n = group_size(x, group_axes)
     if n < 2:
-        raise ValueError(f"BatchNorm in training mode needs more than one value per channel "
-                         f"and group (as PyTorch); got input shape {x.shape} with "
-                         f"group_axes {tuple(group_axes)}")
+        raise ValueError(
+            f"BatchNorm in training mode needs more than one value per channel "
+            f"and group (as PyTorch); got input shape {x.shape} with "
+            f"group_axes {tuple(group_axes)}"
+        )
     return _batch_normalize(x, scale, bias, tuple(group_axes), epsilon)
 
 
@@ -167,8 +182,9 @@ def _batch_normalize_bwd(group_axes, epsilon, residuals, cotangents):
 _batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
 
 
-def running_statistics_calls(mean: jax.Array, var: jax.Array, n: int,
-                             group_axes: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+def running_statistics_calls(
+    mean: jax.Array, var: jax.Array, n: int, group_axes: Sequence[int]
+) -> tuple[jax.Array, jax.Array]:
     """Kept-dims (mean, biased var) of n values per group -> per-call (k, C) mean and
     unbiased variance (what moves the running statistics), without gradient."""
     mean, var = jax.lax.stop_gradient((mean, var))
@@ -185,8 +201,14 @@ class BatchNorm(nnx.Module):
     Call: x (..., C), optional group_axes -> (..., C) in `dtype` (None: x's dtype).
     """
 
-    def __init__(self, num_features: int, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs | None = None):
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs | None = None,
+    ):
         del rngs  # deterministic initialisation: scale 1, bias 0
         self.num_features = num_features
         self.dtype = dtype
@@ -207,7 +229,8 @@ class BatchNorm(nnx.Module):
         else:
             y, mean, var = batch_normalize(x, scale, bias, group_axes)
             call_means, call_vars = running_statistics_calls(
-                mean, var, group_size(x, group_axes), group_axes)
+                mean, var, group_size(x, group_axes), group_axes
+            )
             self.mean[...] = running_update(self.mean[...], call_means)
             self.var[...] = running_update(self.var[...], call_vars)
         return y.astype(self.dtype or x.dtype)

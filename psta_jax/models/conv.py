@@ -7,12 +7,11 @@ the program is lowered): a GPU or TPU program gets XLA's own convolutions and gr
 
 - 1x1 convolutions (half of ResNet-50's FLOPs) are matmuls on the (N*H*W, C) view, forward
   and backward. XLA:CPU runs a 1x1 kernel gradient as a convolution over transposed copies
-  of the activations (N, H, W, C) -> (C, H, W, N), one per layer, which took 2.8 of the
-  9.6 s of a 32-frame ResNet-50 forward+backward; as one matmul it needs no copy (train
-  step 22% faster, eval 4%).
+  of the activations (N, H, W, C) -> (C, H, W, N), one per layer, a large share of a
+  ResNet-50 step; as one matmul it needs no copy (docs/benchmarks.md).
 - kxk convolutions: XLA's own. By default XLA:CPU hands convolutions to YNNPACK, whose
   gradient convolutions (the kernel gradient contracts over the batch; the input gradient
-  of a strided conv dilates its input) are 5-50x slower than the forward pass on
+  of a strided conv dilates its input) are several times slower than the forward pass on
   ResNet-50's shapes; `xla_cpu.configure_xla_cpu()` takes convolutions out of YNN, and
   where it has not (XLA_FLAGS read at trace time) the gradients are ours: the input
   gradient a stride-1 forward convolution of the output gradient with the flipped,
@@ -33,33 +32,40 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from psta_jax import xla_cpu
+from psta_jax.runtime import xla_cpu
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
 def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     return jax.lax.conv_general_dilated(
-        x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
-        dimension_numbers=_DIMENSIONS)
+        x,
+        kernel,
+        (stride, stride),
+        ((padding, padding), (padding, padding)),
+        dimension_numbers=_DIMENSIONS,
+    )
 
 
-def _patches(x: jax.Array, kernel_size: tuple[int, int], stride: int, padding: int,
-             out_size: tuple[int, int]) -> jax.Array:
+def _patches(
+    x: jax.Array, kernel_size: tuple[int, int], stride: int, padding: int, out_size: tuple[int, int]
+) -> jax.Array:
     """im2col: (N, H, W, C) -> (N, Ho, Wo, kh * kw * C), taps ordered like an HWIO kernel."""
     if padding:
         x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     kh, kw = kernel_size
     ho, wo = out_size
     taps = [
-        x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
-        for i in range(kh) for j in range(kw)
+        x[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+        for i in range(kh)
+        for j in range(kw)
     ]
     return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
 
 
-def _input_grad(grad_out: jax.Array, kernel: jax.Array, stride: int, padding: int,
-                in_size: tuple[int, int]) -> jax.Array:
+def _input_grad(
+    grad_out: jax.Array, kernel: jax.Array, stride: int, padding: int, in_size: tuple[int, int]
+) -> jax.Array:
     """d loss / d x for y = conv(x, kernel, stride, padding): (N, H, W, Cin)."""
     kh, kw = kernel.shape[:2]
     ho, wo = grad_out.shape[1:3]
@@ -68,8 +74,9 @@ def _input_grad(grad_out: jax.Array, kernel: jax.Array, stride: int, padding: in
     pad_h = (kh - 1 - padding, in_size[0] + padding - stride * (ho - 1) - 1, stride - 1)
     pad_w = (kw - 1 - padding, in_size[1] + padding - stride * (wo - 1) - 1, stride - 1)
     if min(pad_h[:2] + pad_w[:2]) < 0:
-        raise ValueError(f"conv2d: padding {padding} > kernel size - 1 {kernel.shape[:2]} "
-                         "is not supported")
+        raise ValueError(
+            f"conv2d: padding {padding} > kernel size - 1 {kernel.shape[:2]} is not supported"
+        )
     zero = jnp.zeros((), grad_out.dtype)
     if kh == kw == 1:  # a matmul, then the scatter (nothing to scatter at stride 1)
         grad_in = jnp.dot(grad_out.reshape(-1, grad_out.shape[-1]), kernel[0, 0].T)
@@ -80,16 +87,18 @@ def _input_grad(grad_out: jax.Array, kernel: jax.Array, stride: int, padding: in
         # the stride grid and summed (a correlation over the dilated gradient would
         # spend stride**2 times the FLOPs on zeros).
         cin = kernel.shape[2]
-        grad_patches = jnp.einsum("nhwo,ko->nhwk", grad_out,
-                                  kernel.reshape(kh * kw * cin, -1))
+        grad_patches = jnp.einsum("nhwo,ko->nhwk", grad_out, kernel.reshape(kh * kw * cin, -1))
         grad_in = None
         for tap in range(kh * kw):
             i, j = divmod(tap, kw)
             # tap (i, j) of output (r, c) reads input (s*r + i - padding, s*c + j - padding)
             tap_h = (i - padding, in_size[0] - 1 - (stride * (ho - 1) + i - padding), stride - 1)
             tap_w = (j - padding, in_size[1] - 1 - (stride * (wo - 1) + j - padding), stride - 1)
-            part = jax.lax.pad(grad_patches[..., tap * cin:(tap + 1) * cin], zero,
-                               ((0, 0, 0), tap_h, tap_w, (0, 0, 0)))
+            part = jax.lax.pad(
+                grad_patches[..., tap * cin : (tap + 1) * cin],
+                zero,
+                ((0, 0, 0), tap_h, tap_w, (0, 0, 0)),
+            )
             grad_in = part if grad_in is None else grad_in + part
         return grad_in
     dilated = jax.lax.pad(grad_out, zero, ((0, 0, 0), pad_h, pad_w, (0, 0, 0)))
@@ -114,8 +123,11 @@ def _is_pointwise(kernel: jax.Array, padding: int) -> bool:
 def _pointwise_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """A 1x1 conv as one matmul: (N, H, W, Cin) -> (N, Ho, Wo, Cout)."""
     x = x[:, ::stride, ::stride]
-    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0],
-                preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+    y = jnp.dot(
+        x.reshape(-1, x.shape[-1]),
+        kernel[0, 0],
+        preferred_element_type=jnp.promote_types(x.dtype, jnp.float32),
+    )
     return y.astype(x.dtype).reshape(*x.shape[:3], kernel.shape[-1])
 
 
@@ -123,8 +135,11 @@ def _forward(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.
     if not _is_pointwise(kernel, padding):
         return _xla_conv(x, kernel, stride, padding)
     return jax.lax.platform_dependent(
-        x, kernel, cpu=functools.partial(_pointwise_matmul, stride=stride),
-        default=functools.partial(_xla_conv, stride=stride, padding=padding))
+        x,
+        kernel,
+        cpu=functools.partial(_pointwise_matmul, stride=stride),
+        default=functools.partial(_xla_conv, stride=stride, padding=padding),
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -145,9 +160,12 @@ def _conv2d_bwd(stride, padding, residuals, grad_out):
     else:
         cpu_grads = _conv2d_xla_grads
     return jax.lax.platform_dependent(
-        x, kernel, grad_out,
+        x,
+        kernel,
+        grad_out,
         cpu=functools.partial(cpu_grads, stride=stride, padding=padding),
-        default=functools.partial(_conv2d_xla_grads, stride=stride, padding=padding))
+        default=functools.partial(_conv2d_xla_grads, stride=stride, padding=padding),
+    )
 
 
 def _conv2d_xla_grads(x, kernel, grad_out, *, stride, padding):
@@ -161,9 +179,11 @@ def _flat_matmul_grad_kernel(patches: jax.Array, grad_out: jax.Array) -> jax.Arr
     matmul on the flattened (N*H*W, .) views (an einsum over three contracting axes gets
     copies of both operands on XLA:CPU). At least float32 accumulation."""
     return jax.lax.dot_general(
-        patches.reshape(-1, patches.shape[-1]), grad_out.reshape(-1, grad_out.shape[-1]),
+        patches.reshape(-1, patches.shape[-1]),
+        grad_out.reshape(-1, grad_out.shape[-1]),
         (((0,), (0,)), ((), ())),
-        preferred_element_type=jnp.promote_types(patches.dtype, jnp.float32))
+        preferred_element_type=jnp.promote_types(patches.dtype, jnp.float32),
+    )
 
 
 def _pointwise_cpu_grads(x, kernel, grad_out, *, stride, padding):
@@ -192,12 +212,19 @@ class Conv(nnx.Conv):
     no grouping or dilation.
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
-                 stride: int = 1, **kwargs):
+    def __init__(
+        self, in_features: int, out_features: int, kernel_size: int, *, stride: int = 1, **kwargs
+    ):
         padding = kernel_size // 2
-        super().__init__(in_features, out_features, (kernel_size, kernel_size),
-                         strides=stride, padding=((padding, padding), (padding, padding)),
-                         use_bias=False, **kwargs)
+        super().__init__(
+            in_features,
+            out_features,
+            (kernel_size, kernel_size),
+            strides=stride,
+            padding=((padding, padding), (padding, padding)),
+            use_bias=False,
+            **kwargs,
+        )
         self.stride = stride
         self.pad = padding
 
@@ -213,14 +240,19 @@ class Conv(nnx.Conv):
         return y.reshape(*batch_shape, *y.shape[1:])
 
 
-def _pool_taps(x: jax.Array, window: int, stride: int, padding: int,
-               out_size: tuple[int, int]) -> list[jax.Array]:
+def _pool_taps(
+    x: jax.Array, window: int, stride: int, padding: int, out_size: tuple[int, int]
+) -> list[jax.Array]:
     """The window*window strided views of x padded with -inf, each (N, Ho, Wo, C)."""
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
-                constant_values=-jnp.inf)
+    x = jnp.pad(
+        x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf
+    )
     ho, wo = out_size
-    return [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
-            for i in range(window) for j in range(window)]
+    return [
+        x[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+        for i in range(window)
+        for j in range(window)
+    ]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -232,9 +264,14 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -
 
 
 def _reduce_window_max(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
-                                 (1, stride, stride, 1),
-                                 ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    return jax.lax.reduce_window(
+        x,
+        -jnp.inf,
+        jax.lax.max,
+        (1, window, window, 1),
+        (1, stride, stride, 1),
+        ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+    )
 
 
 def _max_pool_fwd(x, window, stride, padding):
@@ -246,8 +283,12 @@ def _max_pool_bwd(window, stride, padding, residuals, grad_out):
     x, y = residuals
     sizes = dict(window=window, stride=stride, padding=padding)
     return jax.lax.platform_dependent(
-        x, y, grad_out, cpu=functools.partial(_max_pool_cpu_grad, **sizes),
-        default=functools.partial(_max_pool_xla_grad, **sizes))
+        x,
+        y,
+        grad_out,
+        cpu=functools.partial(_max_pool_cpu_grad, **sizes),
+        default=functools.partial(_max_pool_xla_grad, **sizes),
+    )
 
 
 def _max_pool_xla_grad(x, y, grad_out, *, window, stride, padding):
@@ -269,8 +310,9 @@ def _max_pool_cpu_grad(x, y, grad_out, *, window, stride, padding):
         claimed = claimed | is_first_max
         tap_h = (i - padding, h - 1 - (stride * (ho - 1) + i - padding), stride - 1)
         tap_w = (j - padding, w - 1 - (stride * (wo - 1) + j - padding), stride - 1)
-        part = jax.lax.pad(jnp.where(is_first_max, grad_out, zero), zero,
-                           ((0, 0, 0), tap_h, tap_w, (0, 0, 0)))
+        part = jax.lax.pad(
+            jnp.where(is_first_max, grad_out, zero), zero, ((0, 0, 0), tap_h, tap_w, (0, 0, 0))
+        )
         grad_in = part if grad_in is None else grad_in + part
     return (grad_in,)
 

@@ -1,6 +1,6 @@
 """PSTA: Pyramid Spatial-Temporal Aggregation for video person re-identification.
 
-The default model is the authors' release (the project's notes, `official_model.md`): ResNet-50
+The default model is the authors' release (docs/release_network.md): ResNet-50
 (last stride 1) -> `down_channel` (1x1 conv to `feature_dim`, BN, ReLU) -> a pyramid of
 STAM stages (frames paired (0, 1), (2, 3), ...; stage n halves the number of maps) ->
 stage features f_n (mean over maps and space) -> cumulative features
@@ -91,8 +91,10 @@ class BNNeck(nnx.Module):
 
 def _check_power_of_two(seq_len: int, what: str) -> int:
     if seq_len < 1 or seq_len & (seq_len - 1):
-        raise ValueError(f"{what}: the pyramid pairs frames, so T must be a power of two "
-                         f"(1, 2, 4, 8, ...), got T={seq_len}")
+        raise ValueError(
+            f"{what}: the pyramid pairs frames, so T must be a power of two "
+            f"(1, 2, 4, 8, ...), got T={seq_len}"
+        )
     return int(math.log2(seq_len))
 
 
@@ -120,12 +122,26 @@ class PSTA(nnx.Module):
       remat: rematerialise backbone blocks in the backward pass.
     """
 
-    def __init__(self, num_classes: int, *, depth: int = 50, width: int = 64,
-                 last_stride: int = 1, feature_dim: int = 1024,
-                 image_size: tuple[int, int] = (256, 128), seq_len: int = 8,
-                 aggregation: str = "pyramid", num_stages: int = 3, use_sra: bool = True,
-                 use_tra: bool = True, use_conv_block: bool = True, dtype=jnp.float32,
-                 param_dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        depth: int = 50,
+        width: int = 64,
+        last_stride: int = 1,
+        feature_dim: int = 1024,
+        image_size: tuple[int, int] = (256, 128),
+        seq_len: int = 8,
+        aggregation: str = "pyramid",
+        num_stages: int = 3,
+        use_sra: bool = True,
+        use_tra: bool = True,
+        use_conv_block: bool = True,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if num_classes < 1:
@@ -134,8 +150,10 @@ class PSTA(nnx.Module):
         if aggregation == "pyramid":
             max_stages = _check_power_of_two(seq_len, "PSTA(seq_len)")
             if not 0 <= num_stages <= max_stages:
-                raise ValueError(f"num_stages must be in 0..log2(seq_len)={max_stages} for "
-                                 f"seq_len={seq_len}, got {num_stages}")
+                raise ValueError(
+                    f"num_stages must be in 0..log2(seq_len)={max_stages} for "
+                    f"seq_len={seq_len}, got {num_stages}"
+                )
         self.aggregation = "none" if aggregation == "pyramid" and num_stages == 0 else aggregation
         self.num_stages = num_stages
         self.seq_len = seq_len
@@ -145,33 +163,52 @@ class PSTA(nnx.Module):
         self.base = ResNet(depth, width=width, last_stride=last_stride, remat=remat, **kw)
         stride = self.base.stride
         if image_size[0] % stride or image_size[1] % stride:
-            raise ValueError(f"image_size {tuple(image_size)} must be divisible by the "
-                             f"backbone stride {stride}")
+            raise ValueError(
+                f"image_size {tuple(image_size)} must be divisible by the backbone stride {stride}"
+            )
         self.image_size = tuple(image_size)
         self.map_size = (image_size[0] // stride, image_size[1] // stride)
-        self.down_channel = stam_lib.ConvBN(self.base.out_features, feature_dim,
-                                            kernel_init=torch_default_conv_init, **kw)
+        self.down_channel = stam_lib.ConvBN(
+            self.base.out_features, feature_dim, kernel_init=torch_default_conv_init, **kw
+        )
         num_stams = {"pyramid": num_stages, "adjacent": 1, "global": 1, "none": 0}
-        self.stages = nnx.List([
-            stam_lib.STAM(feature_dim, self.map_size, use_sra=use_sra, use_tra=use_tra,
-                          use_conv_block=use_conv_block, **kw)
-            for _ in range(num_stams[self.aggregation])
-        ])
+        self.stages = nnx.List(
+            [
+                stam_lib.STAM(
+                    feature_dim,
+                    self.map_size,
+                    use_sra=use_sra,
+                    use_tra=use_tra,
+                    use_conv_block=use_conv_block,
+                    **kw,
+                )
+                for _ in range(num_stams[self.aggregation])
+            ]
+        )
         num_heads = max(1, len(self.stages))
-        self.bottleneck = nnx.List([BNNeck(feature_dim, param_dtype=param_dtype)
-                                    for _ in range(num_heads)])
-        self.classifier = nnx.List([
-            nnx.Linear(feature_dim, num_classes, kernel_init=classifier_init,
-                       param_dtype=param_dtype, rngs=rngs)
-            for _ in range(num_heads)
-        ])
+        self.bottleneck = nnx.List(
+            [BNNeck(feature_dim, param_dtype=param_dtype) for _ in range(num_heads)]
+        )
+        self.classifier = nnx.List(
+            [
+                nnx.Linear(
+                    feature_dim,
+                    num_classes,
+                    kernel_init=classifier_init,
+                    param_dtype=param_dtype,
+                    rngs=rngs,
+                )
+                for _ in range(num_heads)
+            ]
+        )
         self.use_running_average = False
 
     def frame_maps(self, clips: jax.Array) -> jax.Array:
         """clips (B, T, H, W, 3) -> down_channel maps (B, T, h, w, feature_dim)."""
         batch, seq_len = clips.shape[:2]
-        return self.reduce_channels(self.base(clips.reshape(batch * seq_len, *clips.shape[2:])),
-                                    batch)
+        return self.reduce_channels(
+            self.base(clips.reshape(batch * seq_len, *clips.shape[2:])), batch
+        )
 
     def reduce_channels(self, backbone_maps: jax.Array, batch: int) -> jax.Array:
         """Backbone maps (B*T, h, w, 2048) -> down_channel maps (B, T, h, w, feature_dim)."""
@@ -224,20 +261,23 @@ class PSTA(nnx.Module):
         if clips.ndim != 5 or clips.shape[-1] != 3:
             raise ValueError(f"PSTA expects clips (B, T, H, W, 3), got shape {clips.shape}")
         if tuple(clips.shape[2:4]) != self.image_size:
-            raise ValueError(f"PSTA was built for image_size {self.image_size}, got frames of "
-                             f"{tuple(clips.shape[2:4])}")
+            raise ValueError(
+                f"PSTA was built for image_size {self.image_size}, got frames of "
+                f"{tuple(clips.shape[2:4])}"
+            )
         seq_len = clips.shape[1]
         if self.aggregation == "pyramid":
             levels = _check_power_of_two(seq_len, "PSTA input clips")
             if levels < self.num_stages:
-                raise ValueError(f"{self.num_stages} pyramid stages need T >= "
-                                 f"{2**self.num_stages} frames, got T={seq_len}")
+                raise ValueError(
+                    f"{self.num_stages} pyramid stages need T >= "
+                    f"{2**self.num_stages} frames, got T={seq_len}"
+                )
         elif self.aggregation == "adjacent" and seq_len < 2:
             raise ValueError(f"'adjacent' aggregation needs T >= 2 frames, got T={seq_len}")
 
 
-def capture_attention(model: PSTA, clips: jax.Array) -> tuple[jax.Array | PSTAOutput,
-                                                             nnx.State]:
+def capture_attention(model: PSTA, clips: jax.Array) -> tuple[jax.Array | PSTAOutput, nnx.State]:
     """Runs `model(clips)` and returns (outputs, intermediates).
 
     `intermediates` is an `nnx.State` of `nnx.Intermediate` values keyed by module path,

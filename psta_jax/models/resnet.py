@@ -55,17 +55,34 @@ def conv(
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
     """Bias-free conv with PyTorch's symmetric padding (kernel_size // 2); see conv.py."""
-    return Conv(in_features, out_features, kernel_size, stride=stride, kernel_init=conv_init,
-                dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    return Conv(
+        in_features,
+        out_features,
+        kernel_size,
+        stride=stride,
+        kernel_init=conv_init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
 
 
 class Downsample(nnx.Module):
     """Projection shortcut: 1x1 conv with the block's stride, then BatchNorm."""
 
-    def __init__(self, in_features: int, out_features: int, stride: int, *, dtype,
-                 param_dtype, rngs: nnx.Rngs):
-        self.conv = conv(in_features, out_features, 1, stride, dtype=dtype,
-                         param_dtype=param_dtype, rngs=rngs)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        stride: int,
+        *,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = conv(
+            in_features, out_features, 1, stride, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
         self.bn = batch_norm(out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -83,8 +100,9 @@ class BasicBlock(nnx.Module):
 
     expansion = 1
 
-    def __init__(self, in_features: int, width: int, stride: int, *, dtype, param_dtype,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, in_features: int, width: int, stride: int, *, dtype, param_dtype, rngs: nnx.Rngs
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.conv1 = conv(in_features, width, 3, stride, **kw)
         self.bn1 = batch_norm(width, **kw)
@@ -104,8 +122,9 @@ class Bottleneck(nnx.Module):
 
     expansion = 4
 
-    def __init__(self, in_features: int, width: int, stride: int, *, dtype, param_dtype,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, in_features: int, width: int, stride: int, *, dtype, param_dtype, rngs: nnx.Rngs
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         out_features = width * self.expansion
         self.conv1 = conv(in_features, width, 1, **kw)
@@ -143,9 +162,17 @@ class ResNet(nnx.Module):
     s = 16 * last_stride.
     """
 
-    def __init__(self, depth: int = 50, *, width: int = 64, last_stride: int = 1,
-                 dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        depth: int = 50,
+        *,
+        width: int = 64,
+        last_stride: int = 1,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
         if depth not in STAGE_SIZES:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {depth}")
         if last_stride not in (1, 2):
@@ -162,8 +189,9 @@ class ResNet(nnx.Module):
             layer_width = width * 2**index
             blocks = []
             for block_index in range(num_blocks):
-                blocks.append(block_cls(in_features, layer_width,
-                                        stride if block_index == 0 else 1, **kw))
+                blocks.append(
+                    block_cls(in_features, layer_width, stride if block_index == 0 else 1, **kw)
+                )
                 in_features = layer_width * block_cls.expansion
             setattr(self, f"layer{index + 1}", nnx.List(blocks))
         self.out_features = in_features

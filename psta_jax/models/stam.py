@@ -1,7 +1,7 @@
 """SRA, TRA and STAM: the Spatial-Temporal Aggregation Module of PSTA, in Flax NNX.
 
-Everything follows the network of the authors' release (the project's notes on it,
-`official_model.md`, sections 3-5; comments cite those sections). Layout is NHWC. A STAM
+Everything follows the network of the authors' release (docs/release_network.md,
+sections 3-5; comments cite its sections). Layout is NHWC. A STAM
 turns pairs of frame maps into one map per pair; all pairs of a stage go through the same
 weights in one call, with the pairs folded into the batch (no Python loop over pairs):
 
@@ -53,11 +53,27 @@ class ConvBN(nnx.Module):
     the transposed `weight` (out, in, kh, kw).
     """
 
-    def __init__(self, in_features: int, out_features: int, *, kernel_size: int = 1,
-                 activation: str | None = "relu", kernel_init=conv_init,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.conv = Conv(in_features, out_features, kernel_size, kernel_init=kernel_init,
-                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        kernel_size: int = 1,
+        activation: str | None = "relu",
+        kernel_init=conv_init,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = Conv(
+            in_features,
+            out_features,
+            kernel_size,
+            kernel_init=kernel_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
         self.bn = BatchNorm(out_features, dtype=dtype, param_dtype=param_dtype)
         self.activation = activation
 
@@ -68,8 +84,16 @@ class ConvBN(nnx.Module):
 class ChannelMLP(nnx.Module):
     """Linear -> ReLU -> Linear -> sigmoid (release `channel_para` / `app_channel`)."""
 
-    def __init__(self, in_features: int, hidden: int, out_features: int, *, dtype,
-                 param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        out_features: int,
+        *,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
         kw = dict(kernel_init=linear_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.fc1 = nnx.Linear(in_features, hidden, **kw)
         self.fc2 = nnx.Linear(hidden, out_features, **kw)
@@ -78,8 +102,13 @@ class ChannelMLP(nnx.Module):
         return nnx.sigmoid(self.fc2(nnx.relu(self.fc1(x))))
 
 
-def relation_views(query: jax.Array, key: jax.Array, ref_query: jax.Array,
-                   ref_key: jax.Array, spatial: tuple[int, int]) -> jax.Array:
+def relation_views(
+    query: jax.Array,
+    key: jax.Array,
+    ref_query: jax.Array,
+    ref_key: jax.Array,
+    spatial: tuple[int, int],
+) -> jax.Array:
     """concat(in(R), out(R')) as an NHWC map with 2HW channels.
 
     R[p, q] = <query[p], key[q]> and R'[p, q] = <ref_query[p], ref_key[q]>. At position p,
@@ -110,8 +139,16 @@ class TRA(nnx.Module):
     (2, B, P, H, W, C/8) and spatial means (2, B, P, C) -> (B, P, H, W, C).
     """
 
-    def __init__(self, features: int, spatial: tuple[int, int], *, bn_groups: dict,
-                 dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        features: int,
+        spatial: tuple[int, int],
+        *,
+        bn_groups: dict,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         c8 = features // 8
         hw = spatial[0] * spatial[1]
@@ -126,8 +163,7 @@ class TRA(nnx.Module):
         self.channel_mlp = ChannelMLP(2 * c8, c8, features, **kw)
         self.report_attention = False
 
-    def __call__(self, frames: jax.Array, embedded: jax.Array,
-                 means: jax.Array) -> jax.Array:
+    def __call__(self, frames: jax.Array, embedded: jax.Array, means: jax.Array) -> jax.Array:
         groups = self.bn_groups
         flat = frames.shape[:-3]
         hw = self.spatial[0] * self.spatial[1]
@@ -137,9 +173,11 @@ class TRA(nnx.Module):
         relations = relation_views(g, _swap_pair(b), _swap_pair(g), b, self.spatial)
         relation_code = self.relation_embed(relations, groups["tra_relation"])
         appearance = self.appearance_embed(
-            jnp.concatenate([embedded, _swap_pair(embedded)], axis=-1), groups["tra_appearance"])
+            jnp.concatenate([embedded, _swap_pair(embedded)], axis=-1), groups["tra_appearance"]
+        )
         spatial_weight = self.spatial_head(
-            jnp.concatenate([appearance, relation_code], axis=-1), groups["tra_head"])
+            jnp.concatenate([appearance, relation_code], axis=-1), groups["tra_head"]
+        )
         theta = nnx.relu(self.theta(means))
         channel_weight = self.channel_mlp(jnp.concatenate([theta, _swap_pair(theta)], -1))
         weighted = channel_weight[..., None, None, :] * spatial_weight * frames
@@ -157,8 +195,16 @@ class SRA(nnx.Module):
     (2, B, P, C) -> relu(sum over the pair of channel * spatial * frame), (B, P, H, W, C).
     """
 
-    def __init__(self, features: int, spatial: tuple[int, int], *, bn_groups: dict,
-                 dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        features: int,
+        spatial: tuple[int, int],
+        *,
+        bn_groups: dict,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         c8 = features // 8
         hw = spatial[0] * spatial[1]
@@ -167,15 +213,16 @@ class SRA(nnx.Module):
         self.alpha = ConvBN(features, c8, **kw)
         self.delta = ConvBN(features, c8, **kw)
         self.relation_embed = ConvBN(2 * hw, c8, **kw)
-        self.spatial_head = nnx.List([
-            ConvBN(2 * c8, c8, **kw),
-            ConvBN(c8, 1, activation="sigmoid", **kw),
-        ])
+        self.spatial_head = nnx.List(
+            [
+                ConvBN(2 * c8, c8, **kw),
+                ConvBN(c8, 1, activation="sigmoid", **kw),
+            ]
+        )
         self.channel_mlp = ChannelMLP(features, c8, features, **kw)
         self.report_attention = False
 
-    def __call__(self, frames: jax.Array, embedded: jax.Array,
-                 means: jax.Array) -> jax.Array:
+    def __call__(self, frames: jax.Array, embedded: jax.Array, means: jax.Array) -> jax.Array:
         groups = self.bn_groups
         flat = frames.shape[:-3]
         hw = self.spatial[0] * self.spatial[1]
@@ -212,8 +259,13 @@ def _pairs_last(x: jax.Array) -> jax.Array:
 #   order matches them to 2e-4, direction-outer misses by 5e-2;
 # - conv_block: one call on the fused maps of every pair -> ().
 BN_GROUPS_RELEASE = {
-    "embedding": (), "tra_frame": (), "sra_frame": (), "sra_head": (),
-    "tra_relation": (2, 0), "tra_appearance": (2, 0), "tra_head": (2, 0),
+    "embedding": (),
+    "tra_frame": (),
+    "sra_frame": (),
+    "sra_head": (),
+    "tra_relation": (2, 0),
+    "tra_appearance": (2, 0),
+    "tra_head": (2, 0),
     "fused": (),
 }
 
@@ -231,10 +283,19 @@ class STAM(nnx.Module):
     Call: first, second (B, P, H, W, C) -> (B, P, H, W, C).
     """
 
-    def __init__(self, features: int, spatial: tuple[int, int], *, use_sra: bool = True,
-                 use_tra: bool = True, use_conv_block: bool = True,
-                 bn_groups: dict | None = None, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        features: int,
+        spatial: tuple[int, int],
+        *,
+        use_sra: bool = True,
+        use_tra: bool = True,
+        use_conv_block: bool = True,
+        bn_groups: dict | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if features % 8:
             raise ValueError(f"STAM features must be a multiple of 8, got {features}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -250,11 +311,13 @@ class STAM(nnx.Module):
         self.tra = TRA(features, self.spatial, **attention_kw) if use_tra else None
         self.sra = SRA(features, self.spatial, **attention_kw) if use_sra else None
         if use_conv_block:
-            self.conv_block = nnx.List([
-                ConvBN(features, mid, **kw),
-                ConvBN(mid, mid, kernel_size=3, **kw),
-                ConvBN(mid, features, **kw),
-            ])
+            self.conv_block = nnx.List(
+                [
+                    ConvBN(features, mid, **kw),
+                    ConvBN(mid, mid, kernel_size=3, **kw),
+                    ConvBN(mid, features, **kw),
+                ]
+            )
         else:
             self.conv_block = None
 

@@ -21,27 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from psta_jax.runtime.workdir import CheckpointIdentity
 from psta_jax.serving.errors import ServingInputError
 
 FORMAT_VERSION = 1
 SUFFIXES = (".npz", ".parquet")
 _PARQUET_METADATA_KEY = b"psta_jax"
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointIdentity:
-    """Which trained model made the embeddings: a hash of its config.json and its step."""
-
-    config_hash: str
-    step: int
-    path: str = ""
-
-    def same_model(self, other: CheckpointIdentity) -> bool:
-        return (self.config_hash, self.step) == (other.config_hash, other.step)
-
-    def describe(self) -> str:
-        return f"config {self.config_hash} step {self.step}" + (
-            f" ({self.path})" if self.path else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +54,10 @@ class Embeddings:
     def __post_init__(self):
         embeddings = np.asarray(self.embeddings)
         if embeddings.ndim != 2 or embeddings.dtype != np.float32:
-            raise ServingInputError(f"embeddings: expected a (N, D) float32 array, got "
-                                    f"{embeddings.dtype} {embeddings.shape}")
+            raise ServingInputError(
+                f"embeddings: expected a (N, D) float32 array, got "
+                f"{embeddings.dtype} {embeddings.shape}"
+            )
         count = embeddings.shape[0]
         object.__setattr__(self, "names", np.asarray(self.names, dtype=str))
         object.__setattr__(self, "num_frames", np.asarray(self.num_frames, np.int64))
@@ -82,8 +69,10 @@ class Embeddings:
                 value = np.asarray(value, np.int64)
                 object.__setattr__(self, field, value)
             if value.shape != (count,):
-                raise ServingInputError(f"embeddings: {field} has shape {value.shape}; expected "
-                                        f"({count},), one per embedding")
+                raise ServingInputError(
+                    f"embeddings: {field} has shape {value.shape}; expected "
+                    f"({count},), one per embedding"
+                )
 
     @property
     def has_labels(self) -> bool:
@@ -113,8 +102,12 @@ def save(embeddings: Embeddings, path: str | os.PathLike) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = json.dumps(embeddings.metadata(), sort_keys=True)
     if suffix == ".npz":
-        arrays = dict(embeddings=embeddings.embeddings, names=embeddings.names,
-                      num_frames=embeddings.num_frames, metadata=np.asarray(metadata))
+        arrays = dict(
+            embeddings=embeddings.embeddings,
+            names=embeddings.names,
+            num_frames=embeddings.num_frames,
+            metadata=np.asarray(metadata),
+        )
         if embeddings.pids is not None:
             arrays["pids"] = embeddings.pids
         if embeddings.camids is not None:
@@ -130,14 +123,16 @@ def save(embeddings: Embeddings, path: str | os.PathLike) -> pathlib.Path:
             "name": pa.array(embeddings.names.tolist(), pa.string()),
             "num_frames": pa.array(embeddings.num_frames, pa.int64()),
             "embedding": pa.FixedSizeListArray.from_arrays(
-                pa.array(embeddings.embeddings.reshape(-1), pa.float32()), dim),
+                pa.array(embeddings.embeddings.reshape(-1), pa.float32()), dim
+            ),
         }
         if embeddings.pids is not None:
             columns["pid"] = pa.array(embeddings.pids, pa.int64())
         if embeddings.camids is not None:
             columns["camid"] = pa.array(embeddings.camids, pa.int64())
         table = pa.table(columns).replace_schema_metadata(
-            {_PARQUET_METADATA_KEY: metadata.encode()})
+            {_PARQUET_METADATA_KEY: metadata.encode()}
+        )
         pq.write_table(table, path)
     return path
 
@@ -158,22 +153,31 @@ def load(path: str | os.PathLike) -> Embeddings:
     except Exception as error:  # any parse failure means: not one of our files
         raise ServingInputError(
             f"{path}: not a readable embeddings file ({type(error).__name__}: {error}); expected "
-            "one written by python -m psta_jax.embed") from error
+            "one written by python -m psta_jax.embed"
+        ) from error
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise ServingInputError(f"{path}: embeddings format version "
-                                f"{metadata.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise ServingInputError(
+            f"{path}: embeddings format version "
+            f"{metadata.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
     checkpoint = CheckpointIdentity(**metadata["checkpoint"])
-    return Embeddings(checkpoint=checkpoint, normalised=bool(metadata["normalised"]),
-                      source=metadata.get("source") or {}, protocol=metadata.get("protocol"),
-                      **columns)
+    return Embeddings(
+        checkpoint=checkpoint,
+        normalised=bool(metadata["normalised"]),
+        source=metadata.get("source") or {},
+        protocol=metadata.get("protocol"),
+        **columns,
+    )
 
 
 def _read_npz(path: pathlib.Path) -> tuple[dict, dict]:
     with np.load(path, allow_pickle=False) as archive:
         missing = {"embeddings", "names", "num_frames", "metadata"} - set(archive.files)
         if missing:
-            raise ServingInputError(f"{path}: missing arrays {sorted(missing)}; expected a file "
-                                    "written by python -m psta_jax.embed")
+            raise ServingInputError(
+                f"{path}: missing arrays {sorted(missing)}; expected a file "
+                "written by python -m psta_jax.embed"
+            )
         columns = {
             "embeddings": archive["embeddings"],
             "names": archive["names"],
@@ -192,8 +196,10 @@ def _read_parquet(path: pathlib.Path) -> tuple[dict, dict]:
     raw = (table.schema.metadata or {}).get(_PARQUET_METADATA_KEY)
     missing = {"name", "num_frames", "embedding"} - set(table.column_names)
     if raw is None or missing:
-        raise ServingInputError(f"{path}: not written by python -m psta_jax.embed (missing "
-                                f"{sorted(missing) or 'the psta_jax schema metadata'})")
+        raise ServingInputError(
+            f"{path}: not written by python -m psta_jax.embed (missing "
+            f"{sorted(missing) or 'the psta_jax schema metadata'})"
+        )
     embedding = table.column("embedding").combine_chunks()
     dim = embedding.type.list_size
     values = embedding.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from psta_jax.errors import UserError
+from psta_jax.runtime.errors import UserError
 
 
 class ServingInputError(UserError):

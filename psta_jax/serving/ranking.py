@@ -17,7 +17,6 @@ import dataclasses
 import numpy as np
 
 from psta_jax import evaluation
-from psta_jax.evaluation.protocols import JUNK_PID
 from psta_jax.inspection.retrieval import RetrievalEntry
 from psta_jax.serving.embedding_file import Embeddings
 from psta_jax.serving.errors import ServingInputError
@@ -38,37 +37,28 @@ class SearchOptions:
 
     def __post_init__(self):
         if self.distance not in evaluation.METRICS:
-            raise ServingInputError(f"distance must be one of {evaluation.METRICS}, got "
-                                    f"{self.distance!r}")
+            raise ServingInputError(
+                f"distance must be one of {evaluation.METRICS}, got {self.distance!r}"
+            )
         if self.top_k < 1:
             raise ServingInputError(f"top-k must be at least 1, got {self.top_k}")
         if self.protocol is not None and self.protocol not in evaluation.PROTOCOLS:
-            raise ServingInputError(f"unknown protocol {self.protocol!r}; expected one of "
-                                    f"{sorted(evaluation.PROTOCOLS)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class RankedGallery:
-    """What each query is ranked against: (G, D) features and, per item, the file it comes
-    from ('query' or 'gallery'), its row there, its name and its pid/camid (-1 if unknown)."""
-
-    features: np.ndarray
-    split: np.ndarray
-    position: np.ndarray
-    names: np.ndarray
-    pids: np.ndarray
-    camids: np.ndarray
+            raise ServingInputError(
+                f"unknown protocol {self.protocol!r}; expected one of "
+                f"{sorted(evaluation.PROTOCOLS)}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
-    """distances: (Q, G) float32 against `gallery`; ranked: the top-k entries per query and
-    top_indices their rows of `gallery`; metrics: the evaluator's result when identities are
-    known, else None."""
+    """distances: (Q, G) float32 against `gallery` (the protocol's; `names` (G,) its items'
+    names); ranked: the top-k entries per query and top_indices their rows of `gallery`;
+    metrics: the evaluator's result when identities are known, else None."""
 
     protocol: str
     options: SearchOptions
-    gallery: RankedGallery
+    gallery: evaluation.RankedGallery
+    names: np.ndarray
     distances: np.ndarray
     ranked: list[list[RetrievalEntry]]
     top_indices: list[np.ndarray]
@@ -89,46 +79,38 @@ def check_compatible(query: Embeddings, gallery: Embeddings, options: SearchOpti
         raise ServingInputError(
             "query and gallery embeddings come from different checkpoints (query: "
             f"{query.checkpoint.describe()}; gallery: {gallery.checkpoint.describe()}); embed "
-            "both with the same checkpoint")
+            "both with the same checkpoint"
+        )
     if query.embeddings.shape[1] != gallery.embeddings.shape[1]:
-        raise ServingInputError(f"query embeddings have dimension {query.embeddings.shape[1]}, "
-                                f"gallery {gallery.embeddings.shape[1]}")
+        raise ServingInputError(
+            f"query embeddings have dimension {query.embeddings.shape[1]}, "
+            f"gallery {gallery.embeddings.shape[1]}"
+        )
     if options.distance == "euclidean" and query.normalised != gallery.normalised:
         raise ServingInputError(
             "Euclidean distances need both files L2-normalised or both not (query normalised="
             f"{query.normalised}, gallery normalised={gallery.normalised}); embed both with the "
-            "same --normalise setting or use --distance cosine")
+            "same --normalise setting or use --distance cosine"
+        )
     if options.exclude_same_camera and (query.camids is None or gallery.camids is None):
-        raise ServingInputError("--exclude-same-camera needs the camera of every query and "
-                                "gallery tracklet (labels.csv or <pid>_<camera>_... folder names)")
+        raise ServingInputError(
+            "--exclude_same_camera needs the camera of every query and "
+            "gallery tracklet (labels.csv or <pid>_<camera>_... folder names)"
+        )
     for name, items in (("query", query), ("gallery", gallery)):
         if items.embeddings.shape[0] == 0:
             raise ServingInputError(f"the {name} embeddings file holds no tracklets")
 
 
-def protocol_gallery(query: Embeddings, gallery: Embeddings, protocol: str) -> RankedGallery:
-    """The gallery as `protocol` ranks it (junk dropped; queries in front for `mars`)."""
-    parts = [("gallery", gallery)]
-    if evaluation.get_protocol(protocol).append_query_to_gallery:
-        parts.insert(0, ("query", query))
-
-    def ids(items: Embeddings, field: str) -> np.ndarray:
-        value = getattr(items, field)
-        return np.full(len(items.names), -1, np.int64) if value is None else value
-
-    keep = [np.ones(len(items.names), bool) if items.pids is None or split == "query"
-            else items.pids != JUNK_PID for split, items in parts]
-    if not any(k.any() for k in keep):
-        raise ServingInputError("no gallery tracklet left after dropping junk (pid -1)")
-    return RankedGallery(
-        features=np.concatenate([i.embeddings[k] for (_, i), k in zip(parts, keep, strict=True)]),
-        split=np.concatenate([np.full(k.sum(), s) for (s, _), k in zip(parts, keep,
-                                                                       strict=True)]),
-        position=np.concatenate([np.flatnonzero(k) for k in keep]),
-        names=np.concatenate([i.names[k] for (_, i), k in zip(parts, keep, strict=True)]),
-        pids=np.concatenate([ids(i, "pids")[k] for (_, i), k in zip(parts, keep, strict=True)]),
-        camids=np.concatenate([ids(i, "camids")[k]
-                               for (_, i), k in zip(parts, keep, strict=True)]),
+def gallery_names(
+    query: Embeddings, gallery: Embeddings, ranked: evaluation.RankedGallery
+) -> np.ndarray:
+    """The tracklet name of every item of a protocol's gallery."""
+    return np.asarray(
+        [
+            (query if split == "query" else gallery).names[position]
+            for split, position in zip(ranked.split, ranked.position, strict=True)
+        ]
     )
 
 
@@ -142,50 +124,93 @@ def search(query: Embeddings, gallery: Embeddings, options: SearchOptions) -> Se
     """Ranks the gallery for every query; see the module docstring."""
     check_compatible(query, gallery, options)
     protocol = choose_protocol(query, gallery, options.protocol)
-    ranked_gallery = protocol_gallery(query, gallery, protocol)
-    distances = evaluation.distance_matrix(query.embeddings, ranked_gallery.features,
-                                           options.distance, rerank=options.rerank)
+    try:
+        ranked_gallery = evaluation.protocol_gallery(
+            protocol,
+            query.embeddings,
+            gallery.embeddings,
+            query.pids,
+            gallery.pids,
+            query.camids,
+            gallery.camids,
+        )
+    except ValueError as error:
+        raise ServingInputError(f"the gallery file: {error}") from error
+    names = gallery_names(query, gallery, ranked_gallery)
+    distances = evaluation.distance_matrix(
+        query.embeddings, ranked_gallery.features, options.distance, rerank=options.rerank
+    )
     labelled = query.has_labels and gallery.has_labels
     ranked, top_indices = [], []
     for row in range(len(query.names)):
-        hidden = np.zeros(len(ranked_gallery.names), bool)
-        same_camera = (ranked_gallery.camids == query.camids[row]
-                       if query.camids is not None and gallery.camids is not None else hidden)
+        hidden = np.zeros(len(names), bool)
+        same_camera = (
+            ranked_gallery.camids == query.camids[row]
+            if query.camids is not None and gallery.camids is not None
+            else hidden
+        )
         if labelled:
             hidden |= (ranked_gallery.pids == query.pids[row]) & same_camera
         if options.exclude_same_camera:
             hidden |= same_camera
         top = top_k(distances[row], hidden, options.top_k)
         top_indices.append(top)
-        ranked.append([
-            RetrievalEntry(rank=rank, split=str(ranked_gallery.split[i]),
-                           position=int(ranked_gallery.position[i]),
-                           pid=int(ranked_gallery.pids[i]), camid=int(ranked_gallery.camids[i]),
-                           distance=float(distances[row, i]),
-                           match=bool(ranked_gallery.pids[i] == query.pids[row])
-                           if labelled else None)
-            for rank, i in enumerate(top, start=1)])
+        ranked.append(
+            [
+                RetrievalEntry(
+                    rank=rank,
+                    split=str(ranked_gallery.split[i]),
+                    position=int(ranked_gallery.position[i]),
+                    pid=int(ranked_gallery.pids[i]),
+                    camid=int(ranked_gallery.camids[i]),
+                    distance=float(
+                        evaluation.reported_distance(distances[row, i], options.distance)
+                    ),
+                    match=bool(ranked_gallery.pids[i] == query.pids[row]) if labelled else None,
+                )
+                for rank, i in enumerate(top, start=1)
+            ]
+        )
     metrics = None
     if labelled:
         metrics = evaluation.evaluate(
-            query.embeddings, gallery.embeddings, query.pids, gallery.pids, query.camids,
-            gallery.camids, protocol=protocol, distance=options.distance,
-            rerank=options.rerank, max_rank=options.max_rank)
-    return SearchResult(protocol=protocol, options=options, gallery=ranked_gallery,
-                        distances=distances, ranked=ranked, top_indices=top_indices,
-                        metrics=metrics)
+            query.embeddings,
+            gallery.embeddings,
+            query.pids,
+            gallery.pids,
+            query.camids,
+            gallery.camids,
+            protocol=protocol,
+            distance=options.distance,
+            rerank=options.rerank,
+            max_rank=options.max_rank,
+        )
+    return SearchResult(
+        protocol=protocol,
+        options=options,
+        gallery=ranked_gallery,
+        names=names,
+        distances=distances,
+        ranked=ranked,
+        top_indices=top_indices,
+        metrics=metrics,
+    )
 
 
 def format_rankings(query: Embeddings, result: SearchResult) -> str:
-    """One block per query: its name (and pid/camera) and its ranked gallery."""
-    lines = []
+    """One block per query: its name (and pid/camera) and its ranked gallery, with the
+    distance as `evaluation.REPORTED_AS` names it."""
+    lines = [f"distance: {evaluation.REPORTED_AS[result.options.distance]}"]
     for row, entries in enumerate(result.ranked):
-        known = (f" pid {query.pids[row]} cam {query.camids[row]}" if query.has_labels else "")
+        known = f" pid {query.pids[row]} cam {query.camids[row]}" if query.has_labels else ""
         lines.append(f"query {row}: {query.names[row]}{known} ({query.num_frames[row]} frames)")
         for entry, index in zip(entries, result.top_indices[row], strict=True):
-            name = result.gallery.names[index]
+            name = result.names[index]
             mark = {True: "  match", False: "", None: ""}[entry.match]
-            ids = (f"  pid {entry.pid:>5d} cam {entry.camid:>3d}" if entry.pid >= 0
-                   or entry.camid >= 0 else "")
+            ids = (
+                f"  pid {entry.pid:>5d} cam {entry.camid:>3d}"
+                if entry.pid >= 0 or entry.camid >= 0
+                else ""
+            )
             lines.append(f"  {entry.rank:>4d}  {entry.distance:>9.4f}  {name}{ids}{mark}")
     return "\n".join(lines)

@@ -43,34 +43,47 @@ def sheet_name(row: int) -> str:
 
 
 def _readers(query: Embeddings, gallery: Embeddings) -> dict[str, FrameReader]:
-    readers = {"query": FrameReader(query.source, query.names),
-               "gallery": FrameReader(gallery.source, gallery.names)}
+    readers = {
+        "query": FrameReader(query.source, query.names),
+        "gallery": FrameReader(gallery.source, gallery.names),
+    }
     for split, reader in readers.items():
         if not reader.available():
             raise ServingInputError(
                 f"--out draws the tracklets' frames, but the {split} file's source "
-                f"{reader.source or '(none recorded)'} is not available here")
+                f"{reader.source or '(none recorded)'} is not available here"
+            )
     return readers
 
 
-def write_sheets(query: Embeddings, gallery: Embeddings, result: SearchResult,
-                 out_dir: pathlib.Path, *, frames_per_tracklet: int = 4,
-                 max_sheets: int | None = None) -> list[pathlib.Path]:
+def write_sheets(
+    query: Embeddings,
+    gallery: Embeddings,
+    result: SearchResult,
+    out_dir: pathlib.Path,
+    *,
+    frames_per_tracklet: int = 4,
+    max_sheets: int | None = None,
+) -> list[pathlib.Path]:
     """One PNG per query (the first `max_sheets`), under out_dir/sheets/."""
     readers = _readers(query, gallery)
     count = len(result.ranked) if max_sheets is None else min(max_sheets, len(result.ranked))
     paths = []
     for row in range(count):
         entries = result.ranked[row]
-        ranked_frames = [readers[e.split].frames(e.position, frames_per_tracklet)
-                         for e in entries]
+        ranked_frames = [readers[e.split].frames(e.position, frames_per_tracklet) for e in entries]
         label = f"query {row}\n{query.names[row]}"
         if query.has_labels:
             label += f"\npid {query.pids[row]} cam {query.camids[row]}"
         path = out_dir / sheet_name(row)
-        fig = plot_retrieval(readers["query"].frames(row, frames_per_tracklet), ranked_frames,
-                             entries, query_label=label,
-                             title=f"top-{len(entries)} of {query.names[row]}", path=path)
+        fig = plot_retrieval(
+            readers["query"].frames(row, frames_per_tracklet),
+            ranked_frames,
+            entries,
+            query_label=label,
+            title=f"top-{len(entries)} of {query.names[row]}",
+            path=path,
+        )
         fig.clear()
         paths.append(path)
     return paths
@@ -82,56 +95,89 @@ def write_rankings_csv(query: Embeddings, result: SearchResult, path: pathlib.Pa
         writer.writerow(["query", "rank", "gallery", "distance", "pid", "camera", "match"])
         for row, entries in enumerate(result.ranked):
             for entry, index in zip(entries, result.top_indices[row], strict=True):
-                writer.writerow([query.names[row], entry.rank, result.gallery.names[index],
-                                 f"{entry.distance:.6f}",
-                                 entry.pid if entry.pid >= 0 else "",
-                                 entry.camid if entry.camid >= 0 else "",
-                                 "" if entry.match is None else int(entry.match)])
+                writer.writerow(
+                    [
+                        query.names[row],
+                        entry.rank,
+                        result.names[index],
+                        f"{entry.distance:.6f}",
+                        entry.pid if entry.pid >= 0 else "",
+                        entry.camid if entry.camid >= 0 else "",
+                        "" if entry.match is None else int(entry.match),
+                    ]
+                )
 
 
 def page_html(query: Embeddings, result: SearchResult, sheets: int) -> str:
     """The page: a summary, then per query its sheet (if drawn) and ranked list."""
     esc = html.escape
     options = result.options
-    summary = (f"protocol {result.protocol}, distance {options.distance}, re-ranking "
-               f"{'on' if options.rerank else 'off'}, same-camera results "
-               f"{'hidden' if options.exclude_same_camera else 'shown'}, top-{options.top_k}; "
-               f"{len(result.ranked)} queries, {len(result.gallery.names)} gallery tracklets; "
-               f"checkpoint {query.checkpoint.describe()}")
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             "<title>psta-jax search</title>", f"<style>{_STYLE}</style></head><body>",
-             "<h1>psta-jax search</h1>", f"<p>{esc(summary)}</p>"]
+    summary = (
+        f"protocol {result.protocol}, distance: "
+        f"{evaluation.REPORTED_AS[options.distance]}, re-ranking "
+        f"{'on' if options.rerank else 'off'}, same-camera results "
+        f"{'hidden' if options.exclude_same_camera else 'shown'}, top-{options.top_k}; "
+        f"{len(result.ranked)} queries, {len(result.names)} gallery tracklets; "
+        f"checkpoint {query.checkpoint.describe()}"
+    )
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>psta-jax search</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>psta-jax search</h1>",
+        f"<p>{esc(summary)}</p>",
+    ]
     if result.metrics is not None:
         parts.append(f"<pre>{esc(evaluation.format_report(result.metrics))}</pre>")
     for row, entries in enumerate(result.ranked):
-        known = (f" &middot; pid {query.pids[row]} &middot; camera {query.camids[row]}"
-                 if query.has_labels else "")
-        parts.append(f'<section id="q{row}"><h2>query {row}: {esc(str(query.names[row]))}'
-                     f"{known}</h2>")
+        known = (
+            f" &middot; pid {query.pids[row]} &middot; camera {query.camids[row]}"
+            if query.has_labels
+            else ""
+        )
+        parts.append(
+            f'<section id="q{row}"><h2>query {row}: {esc(str(query.names[row]))}{known}</h2>'
+        )
         if row < sheets:
             parts.append(f'<img src="{sheet_name(row)}" alt="retrieval sheet of query {row}">')
-        parts.append("<table><tr><th>rank</th><th>gallery tracklet</th><th>distance</th>"
-                     "<th>pid</th><th>camera</th></tr>")
+        parts.append(
+            "<table><tr><th>rank</th><th>gallery tracklet</th><th>distance</th>"
+            "<th>pid</th><th>camera</th></tr>"
+        )
         for entry, index in zip(entries, result.top_indices[row], strict=True):
             css = {True: "match", False: "miss", None: ""}[entry.match]
             parts.append(
                 f'<tr class="{css}"><td>{entry.rank}</td>'
-                f'<td class="name">{esc(str(result.gallery.names[index]))}</td>'
+                f'<td class="name">{esc(str(result.names[index]))}</td>'
                 f"<td>{entry.distance:.4f}</td><td>{entry.pid if entry.pid >= 0 else ''}</td>"
-                f"<td>{entry.camid if entry.camid >= 0 else ''}</td></tr>")
+                f"<td>{entry.camid if entry.camid >= 0 else ''}</td></tr>"
+            )
         parts.append("</table></section>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_report(query: Embeddings, gallery: Embeddings, result: SearchResult,
-                 out_dir: str | pathlib.Path, *, frames_per_tracklet: int = 4,
-                 max_sheets: int | None = None) -> pathlib.Path:
+def write_report(
+    query: Embeddings,
+    gallery: Embeddings,
+    result: SearchResult,
+    out_dir: str | pathlib.Path,
+    *,
+    frames_per_tracklet: int = 4,
+    max_sheets: int | None = None,
+) -> pathlib.Path:
     """Sheets, rankings.csv and index.html into `out_dir`; returns the page's path."""
     out_dir = pathlib.Path(out_dir)
     (out_dir / SHEETS_DIR).mkdir(parents=True, exist_ok=True)
-    sheets = write_sheets(query, gallery, result, out_dir,
-                          frames_per_tracklet=frames_per_tracklet, max_sheets=max_sheets)
+    sheets = write_sheets(
+        query,
+        gallery,
+        result,
+        out_dir,
+        frames_per_tracklet=frames_per_tracklet,
+        max_sheets=max_sheets,
+    )
     write_rankings_csv(query, result, out_dir / RANKINGS)
     page = out_dir / PAGE
     page.write_text(page_html(query, result, len(sheets)), encoding="utf-8")

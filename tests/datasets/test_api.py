@@ -29,14 +29,14 @@ def test_all_builders_registered_with_tfds():
 
 
 def test_builders_are_discovered_with_their_facts():
-    from psta_jax import sampling
     from psta_jax.evaluation import PROTOCOLS
+    from psta_jax.input import samplers
 
     assert set(datasets.BUILDERS) == {"mars", "duke_video_reid", "ilids_vid", "prid2011"}
     for name, cls in datasets.BUILDERS.items():
         assert datasets.builder_class(name) is cls
         assert cls.EVAL_PROTOCOL in PROTOCOLS
-        assert cls.RELEASE_TEST_SAMPLER in sampling.EVAL_SAMPLERS
+        assert cls.RELEASE_TEST_SAMPLER in samplers.EVAL_SAMPLERS
         assert cls.RAW_FOLDER and cls.NUM_CAMERAS >= 2 and cls.NUM_TRAIN_IDS > 0
 
 

@@ -127,9 +127,12 @@ def test_skip_bad_frames_shortens_the_tracklets(raw, pristine, tmp_path):
 def test_a_changed_frame_is_never_silently_reused(raw, tmp_path):
     first = datasets.build("mars", data_dir=str(tmp_path), raw_dir=raw)
     fingerprint = first.info.metadata[reid_builder.SOURCE_FINGERPRINT]
-    assert datasets.build("mars", data_dir=str(tmp_path), raw_dir=raw).info.metadata[
-        reid_builder.SOURCE_FINGERPRINT
-    ] == fingerprint  # Unchanged source: reused.
+    assert (
+        datasets.build("mars", data_dir=str(tmp_path), raw_dir=raw).info.metadata[
+            reid_builder.SOURCE_FINGERPRINT
+        ]
+        == fingerprint
+    )  # Unchanged source: reused.
 
     frame = _train_frame(raw)
     replacement = raw_io.encode_image(np.full((32, 16, 3), 200, np.uint8), "jpeg")

@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from psta_jax import datasets
 from psta_jax.datasets import synthetic
+from psta_jax.datasets.mars import layout
 
 SMALL = synthetic.SyntheticConfig(
     seed=3, num_train_ids=4, num_test_ids=5, num_unmatched_ids=1, num_distractor_tracklets=2,
@@ -66,7 +67,7 @@ def test_raw_layout_follows_mars_conventions(small_raw):
     assert (pids == -1).sum() == 2 and (pids == 0).sum() == 2
     for start, end, pid, camera in test_info:
         for name in test_names[start - 1 : end]:
-            assert name[:4] == synthetic.folder_name(pid) and name[5] == str(camera)
+            assert name[:4] == layout.folder_name(pid) and name[5] == str(camera)
             assert os.path.isfile(os.path.join(small_raw, "bbox_test", name[:4], name))
     # Train and test identities are disjoint; every test id is seen by >= 2 cameras.
     assert not set(train_info[:, 2]) & set(pids)

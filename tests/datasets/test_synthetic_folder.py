@@ -19,8 +19,6 @@ SMALL = synthetic.SyntheticConfig(
 OTHER = dataclasses.replace(SMALL, num_train_ids=4)
 
 
-
-
 def test_a_folder_with_user_files_is_never_replaced(tmp_path):
     out = str(tmp_path / "synthetic_mars")
     synthetic.generate(out, OTHER)

@@ -8,6 +8,7 @@ import scipy.spatial.distance
 
 from psta_jax import evaluation
 from psta_jax.evaluation import distance as distance_module
+from tests.helpers.tolerances import assert_close_to_scale
 
 
 def _features(seed, num, dim=6):
@@ -25,7 +26,7 @@ def test_pairwise_distance_matches_scipy_in_chunks(monkeypatch, metric, scipy_me
     if metric == "cosine":
         expected = expected - 1.0  # scipy: 1 - cos; the release: -cos
     assert got.dtype == np.float32 and got.shape == (7, 11)
-    np.testing.assert_allclose(got, expected, atol=2e-5)
+    assert_close_to_scale(got, expected)  # float32 against scipy's float64
     same = evaluation.pairwise_distance(query, query, "euclidean")
     assert np.all(same >= 0) and np.allclose(np.diag(same), 0, atol=1e-5)
 
@@ -202,3 +203,37 @@ def test_report_and_json():
     as_json = json.loads(json.dumps(evaluation.to_json(summary)))
     assert as_json["num_splits"] == 3 and len(as_json["splits"]) == 3
     assert as_json["rank1"] == pytest.approx(summary.cmc_mean[0])
+
+
+def test_protocol_gallery_is_what_evaluate_ranks():
+    rng = np.random.default_rng(3)
+    query, gallery = rng.normal(size=(2, 4)), rng.normal(size=(4, 4))
+    q_pids, g_pids = np.array([1, 2]), np.array([1, -1, 2, 0])
+    q_cams, g_cams = np.array([0, 1]), np.array([1, 0, 0, 1])
+    mars = evaluation.protocol_gallery("mars", query, gallery, q_pids, g_pids, q_cams, g_cams)
+    assert mars.split.tolist() == ["query", "query", "gallery", "gallery", "gallery"]
+    assert mars.position.tolist() == [0, 1, 0, 2, 3]  # the junk item (pid -1) is dropped
+    np.testing.assert_array_equal(mars.pids, [1, 2, 1, 2, 0])
+    np.testing.assert_array_equal(mars.features, np.concatenate([query, gallery[[0, 2, 3]]]))
+    duke = evaluation.protocol_gallery("duke", query, gallery, q_pids, g_pids, q_cams, g_cams)
+    assert duke.split.tolist() == ["gallery"] * 3
+    unknown = evaluation.protocol_gallery("duke", query, gallery)  # no identities: keep all
+    assert unknown.position.tolist() == [0, 1, 2, 3] and (unknown.pids == -1).all()
+    with pytest.raises(ValueError, match="no gallery item left"):
+        evaluation.protocol_gallery("duke", query, gallery[:1], g_pids=np.array([-1]))
+
+
+def test_reported_distance_reads_as_a_distance():
+    cos = evaluation.pairwise_distance(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32))
+    shown = evaluation.reported_distance(cos, "cosine")
+    np.testing.assert_allclose(shown, [[0.0, 1.0], [1.0, 0.0]], atol=1e-6)  # 1 - cos
+    assert evaluation.REPORTED_AS["cosine"] == "1 - cosine similarity"
+    assert evaluation.reported_distance(2.5, "euclidean") == 2.5
+
+
+def test_eval_settings_check_their_fields():
+    assert evaluation.EvalSettings().protocol == "mars"
+    with pytest.raises(ValueError, match="unknown protocol"):
+        evaluation.EvalSettings(protocol="market")
+    with pytest.raises(ValueError, match="distance must be one of"):
+        evaluation.EvalSettings(distance="manhattan")

@@ -14,8 +14,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from psta_jax import config_base, sharding, steps  # noqa: E402
+from psta_jax import config_base  # noqa: E402
 from psta_jax.models import build_model  # noqa: E402
+from psta_jax.runtime import sharding  # noqa: E402
+from psta_jax.training import losses, steps  # noqa: E402
 from tests.helpers.tiny import tiny_batch, tiny_model_config  # noqa: E402
 
 
@@ -26,7 +28,8 @@ def run(mesh, batch, model_config, num_classes):
     model = build_model(model_config, num_classes, nnx.Rngs(0))
     graphs, state = steps.create_train_state(model, tx, mesh)
     params0 = steps.tree_to_host(state.params)
-    step = steps.compile_train_step(graphs, tx, num_classes, config_base.base_config().loss, mesh)
+    loss_fn = losses.bound_psta_loss(num_classes, **config_base.base_config().loss.to_dict())
+    step = steps.compile_train_step(graphs, tx, loss_fn, mesh)
     state, metrics = step(state, sharding.shard_batch(batch, mesh))
     state, metrics = step(state, sharding.shard_batch(batch, mesh))
     state = steps.tree_to_host(state)

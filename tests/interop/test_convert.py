@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from psta_jax import checkpointing, config_base, steps
+from psta_jax import config_base
 from psta_jax.interop import convert
 from psta_jax.interop.torch_import import export_state_dict
 from psta_jax.models import build_model
+from psta_jax.runtime import checkpointing, workdir
+from psta_jax.training import steps
 from tests.helpers.tiny import tiny_model_config
 
 
@@ -32,8 +34,8 @@ def test_convert_then_restore_gives_the_release_weights(release_like, tmp_path):
     config = config_base.base_config()
     config.model = tiny_model_config()
     out = convert.convert(str(path), tmp_path / "converted", config)
-    saved = checkpointing.read_config(out)
-    assert saved["num_classes"] == 7 and saved["converted_from"].endswith(".pth")
+    saved = workdir.load_run_config(out)
+    assert saved.num_classes == 7 and saved.payload["converted_from"].endswith(".pth")
 
     fresh = build_model(config.model, 7, nnx.Rngs(1))
     _, params, model_state = steps.split_model(fresh)

@@ -21,14 +21,17 @@ from psta_jax.interop import (
 from psta_jax.interop.torch_import import to_flax
 from psta_jax.models import PSTA
 from tests import reference_data
-from tests.models.tiny import TINY, forward, tiny_clips, tiny_model
+from tests.helpers.tiny import TINY, forward, tiny_clips, tiny_model
 
 
 def test_key_map_covers_the_release_layout_exactly():
     model = nnx.eval_shape(lambda: PSTA(625, rngs=nnx.Rngs(0)))
     names = key_map(model)
-    release = {name: shape for name, shape, _ in reference_data.release_layout()
-               if not name.endswith("num_batches_tracked")}
+    release = {
+        name: shape
+        for name, shape, _ in reference_data.release_layout()
+        if not name.endswith("num_batches_tracked")
+    }
     assert set(names) == set(release)
     flat = dict(nnx.to_flat_state(nnx.state(model)))
     for name, path in names.items():
@@ -38,11 +41,14 @@ def test_key_map_covers_the_release_layout_exactly():
 
 def test_torch_names_of_some_paths():
     assert torch_name(("stages", 0, "sra", "spatial_head", 1, "bn", "scale")) == (
-        "layer1.SRAG.spa_para.4.weight")
+        "layer1.SRAG.spa_para.4.weight"
+    )
     assert torch_name(("stages", 2, "tra", "theta", "kernel")) == (
-        "layer3.TRAG.theta_channel.0.weight")
+        "layer3.TRAG.theta_channel.0.weight"
+    )
     assert torch_name(("base", "layer2", 0, "downsample", "bn", "var")) == (
-        "base.layer2.0.downsample.1.running_var")
+        "base.layer2.0.downsample.1.running_var"
+    )
     assert torch_name(("bottleneck", 1, "bias")) == "bottleneck.1.bias"
 
 
@@ -57,20 +63,28 @@ def test_round_trip_through_a_pth_file(tmp_path):
     torch = pytest.importorskip("torch")
     source = tiny_model(seed=3)
     path = tmp_path / "release.pth"
-    torch.save({"state_dict": {k: torch.from_numpy(np.array(v))
-                               for k, v in _release_like(source).items()}}, path)
+    torch.save(
+        {
+            "state_dict": {
+                k: torch.from_numpy(np.array(v)) for k, v in _release_like(source).items()
+            }
+        },
+        path,
+    )
     loaded = load_official_psta(path, **TINY)
     assert loaded.classifier[0].kernel.shape[-1] == 5  # num_classes from the classifier
     clips = tiny_clips()
-    np.testing.assert_array_equal(forward(loaded, clips, train=False),
-                                  forward(source, clips, train=False))
+    np.testing.assert_array_equal(
+        forward(loaded, clips, train=False), forward(source, clips, train=False)
+    )
 
 
 def test_mapping_source_loads_into_existing_model():
     source, target = tiny_model(seed=1), tiny_model(seed=2)
     load_psta_state_dict(target, _release_like(source))
-    for a, b in zip(jax.tree.leaves(nnx.state(source)), jax.tree.leaves(nnx.state(target)),
-                    strict=True):
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(source)), jax.tree.leaves(nnx.state(target)), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -83,9 +97,15 @@ def test_every_problem_is_listed_at_once():
     with pytest.raises(WeightImportError) as err:
         load_psta_state_dict(tiny_model(), state_dict)
     message = str(err.value)
-    for text in ("2 missing", "layer1.TRAG.te_para.1.weight", "classifier.1.bias",
-                 "1 unexpected", "layer1.extra.weight", "1 mis-shaped",
-                 "layer2.conv_block.3.weight"):
+    for text in (
+        "2 missing",
+        "layer1.TRAG.te_para.1.weight",
+        "classifier.1.bias",
+        "1 unexpected",
+        "layer1.extra.weight",
+        "1 mis-shaped",
+        "layer2.conv_block.3.weight",
+    ):
         assert text in message, text
 
 
@@ -99,13 +119,21 @@ def test_torchvision_resnet50_loads_into_the_backbone():
     model = tiny_model(depth=50)
     donor = tiny_model(depth=50, seed=4)
     state_dict = export_state_dict(donor.base)
-    state_dict.update({"fc.weight": np.zeros((1000, 128)), "fc.bias": np.zeros(1000),
-                       "bn1.num_batches_tracked": np.array(0)})
+    state_dict.update(
+        {
+            "fc.weight": np.zeros((1000, 128)),
+            "fc.bias": np.zeros(1000),
+            "bn1.num_batches_tracked": np.array(0),
+        }
+    )
     load_torchvision_resnet50(state_dict, model)
-    np.testing.assert_array_equal(model.base.layer3[1].conv2.kernel[...],
-                                  donor.base.layer3[1].conv2.kernel[...])
-    assert not np.array_equal(model.stages[0].conv_block[0].conv.kernel[...],
-                              donor.stages[0].conv_block[0].conv.kernel[...])
+    np.testing.assert_array_equal(
+        model.base.layer3[1].conv2.kernel[...], donor.base.layer3[1].conv2.kernel[...]
+    )
+    assert not np.array_equal(
+        model.stages[0].conv_block[0].conv.kernel[...],
+        donor.stages[0].conv_block[0].conv.kernel[...],
+    )
     del state_dict["layer4.2.bn3.running_mean"]
     with pytest.raises(WeightImportError, match="layer4.2.bn3.running_mean"):
         load_torchvision_resnet50(state_dict, model.base)

@@ -11,7 +11,7 @@ Checked against what the release itself computed (tests/reference/README.md):
   the forward pass (they pin down the release's BatchNorm call order), within the float32
   tolerances of tests/models/test_train_parity.py.
 Errors are relative to the largest absolute value of each reference tensor. Cheap checks
-on a narrow model: the loss against psta_jax.losses, gradients and the frozen BN-neck bias.
+on a narrow model: the loss against psta_jax.training.losses, gradients and the frozen BN-neck bias.
 """
 
 from __future__ import annotations
@@ -30,14 +30,20 @@ F32_RTOL = 1e-3  # tests/models/test_train_parity.py's float32 tolerances
 F32_LOSS_RTOL = 1e-4
 
 # The full-size model tests share one xdist worker, so at most one runs at a time.
-pytestmark = pytest.mark.xdist_group("full_model")
+pytestmark = [pytest.mark.xdist_group("full_model"), pytest.mark.full_model]
 
-EVAL_KEYS = (
-    ["eval_backbone_clip0_frame0", "eval_down_channel_clip0_frame0", "eval_layer1_clip0",
-     "eval_layer2_clip0", "eval_layer3", "eval_embedding"]
-    + [f"eval_{name}_{k}" for k in range(3)
-       for name in ("stage_feature", "cumulative_feature", "bn_feature", "logits")]
-)
+EVAL_KEYS = [
+    "eval_backbone_clip0_frame0",
+    "eval_down_channel_clip0_frame0",
+    "eval_layer1_clip0",
+    "eval_layer2_clip0",
+    "eval_layer3",
+    "eval_embedding",
+] + [
+    f"eval_{name}_{k}"
+    for k in range(3)
+    for name in ("stage_feature", "cumulative_feature", "bn_feature", "logits")
+]
 TRAIN_KEYS = [f"train_{name}_{k}" for k in range(3) for name in ("logits", "bn_feature")]
 LOSS_KEYS = ["train_loss_ce", "train_loss_triplet", "train_loss_total"]
 
@@ -49,8 +55,10 @@ def relative_error(actual, expected) -> float:
 
 
 def release_weights(seed: int) -> dict:
-    return {name: torch.from_numpy(value)
-            for name, value in reference_data.release_state_dict(seed).items()}
+    return {
+        name: torch.from_numpy(value)
+        for name, value in reference_data.release_state_dict(seed).items()
+    }
 
 
 def torch_clips(clips: np.ndarray):
@@ -71,9 +79,10 @@ def test_state_dict_is_the_release_layout():
     model = torch_model.release_model(num_classes=625)
     layout = reference_data.release_layout_file()
     state = model.state_dict()
-    assert [(name, tuple(value.shape), str(value.dtype).removeprefix("torch."))
-            for name, value in state.items()] == [
-        (e["name"], tuple(e["shape"]), e["dtype"]) for e in layout["entries"]]
+    assert [
+        (name, tuple(value.shape), str(value.dtype).removeprefix("torch."))
+        for name, value in state.items()
+    ] == [(e["name"], tuple(e["shape"]), e["dtype"]) for e in layout["entries"]]
     parameters = dict(model.named_parameters())
     for entry in layout["entries"]:
         is_param = entry["kind"] == "param"
@@ -122,8 +131,10 @@ def eval_outputs(eval_reference):
 @pytest.mark.parametrize("key", EVAL_KEYS)
 def test_eval_mode_matches_release(key, eval_outputs, eval_reference):
     error = relative_error(eval_outputs[key], eval_reference[key])
-    print(f"{key}: max abs {np.max(np.abs(eval_outputs[key] - eval_reference[key])):.1e}, "
-          f"relative {error:.1e}")
+    print(
+        f"{key}: max abs {np.max(np.abs(eval_outputs[key] - eval_reference[key])):.1e}, "
+        f"relative {error:.1e}"
+    )
     assert error < EVAL_RTOL
 
 
@@ -141,39 +152,52 @@ def train_outputs(train_reference):
     state_dict after it (running statistics moved by this one pass)."""
     ref = train_reference
     model = loaded_model(int(ref["weight_seed"])).train()
-    clips = torch_clips(reference_data.person_clips(int(ref["input_seed"]),
-                                                    int(ref["identities"]),
-                                                    int(ref["instances"])))
+    clips = torch_clips(
+        reference_data.person_clips(
+            int(ref["input_seed"]), int(ref["identities"]), int(ref["instances"])
+        )
+    )
     labels = torch.from_numpy(ref["train_labels"]).long()
     with torch.no_grad():
         out = model(clips)
         total, parts = torch_model.release_loss(out, labels)
-    outputs = {"train_loss_total": total, "train_loss_ce": parts["ce"],
-               "train_loss_triplet": parts["triplet"]}
+    outputs = {
+        "train_loss_total": total,
+        "train_loss_ce": parts["ce"],
+        "train_loss_triplet": parts["triplet"],
+    }
     for k in range(3):
         outputs[f"train_logits_{k}"] = out.logits[k]
         outputs[f"train_bn_feature_{k}"] = out.features[k]
-    return ({key: value.numpy() for key, value in outputs.items()},
-            {name: value.numpy() for name, value in model.state_dict().items()})
+    return (
+        {key: value.numpy() for key, value in outputs.items()},
+        {name: value.numpy() for name, value in model.state_dict().items()},
+    )
 
 
-@pytest.mark.parametrize("key,tolerance", [(key, F32_RTOL) for key in TRAIN_KEYS]
-                         + [(key, F32_LOSS_RTOL) for key in LOSS_KEYS])
-def test_train_outputs_and_losses_match_release(key, tolerance, train_outputs,
-                                                train_reference):
+@pytest.mark.parametrize(
+    "key,tolerance",
+    [(key, F32_RTOL) for key in TRAIN_KEYS] + [(key, F32_LOSS_RTOL) for key in LOSS_KEYS],
+)
+def test_train_outputs_and_losses_match_release(key, tolerance, train_outputs, train_reference):
     outputs, _ = train_outputs
     error = relative_error(outputs[key], train_reference[key])
-    print(f"{key}: max abs {np.max(np.abs(outputs[key] - train_reference[key])):.1e}, "
-          f"relative {error:.1e}")
+    print(
+        f"{key}: max abs {np.max(np.abs(outputs[key] - train_reference[key])):.1e}, "
+        f"relative {error:.1e}"
+    )
     assert error < tolerance
 
 
 def test_every_running_statistic_matches_release(train_outputs, train_reference):
     _, state = train_outputs
     ref = train_reference
-    errors = {str(name): relative_error(state[str(name)].reshape(-1)[ref[f"bn_index/{name}"]],
-                                        ref[f"bn_value/{name}"])
-              for name in ref["bn_names"]}
+    errors = {
+        str(name): relative_error(
+            state[str(name)].reshape(-1)[ref[f"bn_index/{name}"]], ref[f"bn_value/{name}"]
+        )
+        for name in ref["bn_names"]
+    }
     assert len(errors) == 204
     worst = max(errors, key=errors.get)
     print(f"running statistics: worst {worst} {errors[worst]:.1e}")
@@ -191,19 +215,24 @@ def test_every_running_statistic_matches_release(train_outputs, train_reference)
 def test_loss_equals_psta_jax_losses():
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from psta_jax.losses import psta_loss  # noqa: PLC0415
+    from psta_jax.training.losses import psta_loss  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 2)
     logits = [rng.normal(size=(6, 10)).astype(np.float32) for _ in range(3)]
     features = [rng.normal(size=(6, 16)).astype(np.float32) for _ in range(3)]
     total, parts = torch_model.release_loss(
-        torch_model.ReleaseOutput(tuple(map(torch.from_numpy, logits)),
-                                  tuple(map(torch.from_numpy, features))),
-        torch.from_numpy(labels))
-    expected, expected_parts = psta_loss([jnp.asarray(x) for x in logits],
-                                         [jnp.asarray(x) for x in features],
-                                         jnp.asarray(labels), num_classes=10)
+        torch_model.ReleaseOutput(
+            tuple(map(torch.from_numpy, logits)), tuple(map(torch.from_numpy, features))
+        ),
+        torch.from_numpy(labels),
+    )
+    expected, expected_parts = psta_loss(
+        [jnp.asarray(x) for x in logits],
+        [jnp.asarray(x) for x in features],
+        jnp.asarray(labels),
+        num_classes=10,
+    )
     np.testing.assert_allclose(total.item(), float(expected), rtol=1e-6)
     for name in ("ce", "triplet"):
         np.testing.assert_allclose(parts[name].item(), float(expected_parts[name]), rtol=1e-6)
@@ -211,8 +240,9 @@ def test_loss_equals_psta_jax_losses():
 
 def test_narrow_model_shapes_and_gradients():
     torch.manual_seed(0)
-    model = torch_model.release_model(num_classes=5, feature_dim=64, image_size=(64, 32),
-                                      backbone_width=8)
+    model = torch_model.release_model(
+        num_classes=5, feature_dim=64, image_size=(64, 32), backbone_width=8
+    )
     clips = torch.randn(4, 8, 3, 64, 32)
     labels = torch.tensor([0, 0, 1, 1])
     out = model.train()(clips)

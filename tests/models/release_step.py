@@ -20,15 +20,14 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
 from psta_jax.interop import load_official_psta
 from psta_jax.interop.torch_import import key_map, to_torch
-from psta_jax.losses import psta_loss
-from psta_jax.optimizer import create_optimizer
+from psta_jax.training.losses import psta_loss
+from psta_jax.training.optimizer import create_optimizer
 from tests import reference_data
 
 REFERENCE = {"float32": "train_step_dev_seed2024", "float64": "train_step_dev_seed2024_f64"}
@@ -36,9 +35,18 @@ REFERENCE = {"float32": "train_step_dev_seed2024", "float64": "train_step_dev_se
 # The release's Adam after warm-up (protocol doc: lr 3.5e-4, coupled weight decay 5e-4 on
 # every trainable tensor, betas (0.9, 0.999), eps 1e-8); warm-up off so that step 1 uses
 # the post-warm-up learning rate.
-RELEASE_ADAM = dict(learning_rate=3.5e-4, weight_decay=5e-4, b1=0.9, b2=0.999, eps=1e-8,
-                    warmup_epochs=0, warmup_factor=0.01, milestones=(), gamma=0.3,
-                    grad_clip_norm=0.0)
+RELEASE_ADAM = dict(
+    learning_rate=3.5e-4,
+    weight_decay=5e-4,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    warmup_epochs=0,
+    warmup_factor=0.01,
+    milestones=(),
+    gamma=0.3,
+    grad_clip_norm=0.0,
+)
 
 
 def reference(dtype: str) -> dict[str, np.ndarray]:
@@ -56,15 +64,18 @@ def release_model(dtype: str, seed: int):
 
 def release_batch(dtype: str) -> tuple[jax.Array, jax.Array]:
     ref = reference(dtype)
-    clips = reference_data.person_clips(int(ref["input_seed"]), int(ref["identities"]),
-                                        int(ref["instances"]))
+    clips = reference_data.person_clips(
+        int(ref["input_seed"]), int(ref["identities"]), int(ref["instances"])
+    )
     return jnp.asarray(clips, dtype), jnp.asarray(ref["train_labels"], jnp.int32)
 
 
 def _flat(state: nnx.State) -> dict[tuple, np.ndarray]:
     """{variable path: NumPy value} of a state."""
-    return {tuple(path): np.asarray(value[...] if hasattr(value, "get_value") else value)
-            for path, value in nnx.to_flat_state(state)}
+    return {
+        tuple(path): np.asarray(value[...] if hasattr(value, "get_value") else value)
+        for path, value in nnx.to_flat_state(state)
+    }
 
 
 def forward(dtype: str) -> dict:
@@ -82,8 +93,14 @@ def forward(dtype: str) -> dict:
         return out, total, parts, nnx.state(m, nnx.BatchStat)
 
     out, total, parts, stats = run(state, clips)
-    return dict(names=key_map(model), out=jax.tree.map(np.asarray, out), total=float(total),
-                ce=float(parts["ce"]), triplet=float(parts["triplet"]), stats=_flat(stats))
+    return dict(
+        names=key_map(model),
+        out=jax.tree.map(np.asarray, out),
+        total=float(total),
+        ce=float(parts["ce"]),
+        triplet=float(parts["triplet"]),
+        stats=_flat(stats),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -113,8 +130,7 @@ def _block(nodes, x):
 
 def _head_loss(labels, batch, model, backbone_maps):
     out = model.heads(model.features_from_maps(model.reduce_channels(backbone_maps, batch)))
-    total, parts = psta_loss(out.logits, out.features, labels,
-                             num_classes=out.logits[0].shape[-1])
+    total, parts = psta_loss(out.logits, out.features, labels, num_classes=out.logits[0].shape[-1])
     return total, (parts, out)
 
 
@@ -137,7 +153,9 @@ def staged_value_and_grad(model, clips: jax.Array, labels: jax.Array):
     base = model.base
     segments = [(("base",), base, _stem)] + [
         (("base", f"layer{k + 1}", i), block, _block)
-        for k, layer in enumerate(base.layers) for i, block in enumerate(layer)]
+        for k, layer in enumerate(base.layers)
+        for i, block in enumerate(layer)
+    ]
     grads, stats, inputs = {}, {}, []
     x = clips.reshape(batch * seq_len, *clips.shape[2:])
     for prefix, nodes, fn in segments:
@@ -153,13 +171,16 @@ def staged_value_and_grad(model, clips: jax.Array, labels: jax.Array):
     graphdef, params, rest = nnx.split(model, _not_backbone_param, ...)
     (total, (parts, out)), head_stats = jax.jit(
         lambda p, r, x: (lambda m: (head_fn(m, x), nnx.state(m, nnx.BatchStat)))(
-            nnx.merge(graphdef, p, r)))(params, rest, x)
+            nnx.merge(graphdef, p, r)
+        )
+    )(params, rest, x)
     stats.update({p: v for p, v in _flat(head_stats).items() if p[0] != "base"})
 
     @jax.jit
     def head_backward(params, rest, x):
         def loss(p, r, x):
             return head_fn(nnx.merge(graphdef, p, r), x)[0]
+
         param_grads, _, input_grad = jax.grad(loss, argnums=(0, 1, 2))(params, rest, x)
         return param_grads, input_grad
 
@@ -183,7 +204,7 @@ def train_step(dtype: str) -> dict:
     total, parts, out, grads, stats = staged_value_and_grad(model, clips, labels)
     params = _flat(nnx.state(model, nnx.Param))
     assert set(grads) == set(params), sorted(set(grads) ^ set(params))
-    tx, _ = create_optimizer(ml_collections.ConfigDict(RELEASE_ADAM), steps_per_epoch=1)
+    tx, _ = create_optimizer(1, **RELEASE_ADAM)
 
     @jax.jit
     def adam_step(params, grads):
@@ -193,9 +214,17 @@ def train_step(dtype: str) -> dict:
     paths = list(params)
     updated = adam_step([params[p] for p in paths], [grads[p] for p in paths])
     new_params = {p: np.asarray(v) for p, v in zip(paths, updated, strict=True)}
-    return dict(names=names, out=jax.tree.map(np.asarray, out), total=float(total),
-                ce=float(parts["ce"]), triplet=float(parts["triplet"]), stats=stats,
-                params=params, grads=grads, new_params=new_params)
+    return dict(
+        names=names,
+        out=jax.tree.map(np.asarray, out),
+        total=float(total),
+        ce=float(parts["ce"]),
+        triplet=float(parts["triplet"]),
+        stats=stats,
+        params=params,
+        grads=grads,
+        new_params=new_params,
+    )
 
 
 def summarise(result: dict, ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -203,9 +232,11 @@ def summarise(result: dict, ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     losses, logits/BN features, running statistics (`bn/<name>`), and where gradients were
     computed `grad/<name>`, `grad_norm/<name>`, `param/<name>` and `new_param/<name>`."""
     names = result["names"]
-    summary = {"train_loss_total": np.asarray(result["total"]),
-               "train_loss_ce": np.asarray(result["ce"]),
-               "train_loss_triplet": np.asarray(result["triplet"])}
+    summary = {
+        "train_loss_total": np.asarray(result["total"]),
+        "train_loss_ce": np.asarray(result["ce"]),
+        "train_loss_triplet": np.asarray(result["triplet"]),
+    }
     for k in range(3):
         summary[f"train_logits_{k}"] = result["out"].logits[k]
         summary[f"train_bn_feature_{k}"] = result["out"].features[k]
@@ -220,8 +251,9 @@ def summarise(result: dict, ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]
             summary[f"grad/{name}"] = grad[index]
             summary[f"grad_norm/{name}"] = np.asarray(np.linalg.norm(grad))
             summary[f"param/{name}"] = to_torch(result["params"][path], name).reshape(-1)[index]
-            summary[f"new_param/{name}"] = to_torch(
-                result["new_params"][path], name).reshape(-1)[index]
+            summary[f"new_param/{name}"] = to_torch(result["new_params"][path], name).reshape(-1)[
+                index
+            ]
     return summary
 
 

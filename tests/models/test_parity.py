@@ -22,7 +22,7 @@ from tests import reference_data
 EVAL_RTOL = 1e-4
 
 # The full-size model tests share one xdist worker, so at most one runs at a time.
-pytestmark = pytest.mark.xdist_group("full_model")
+pytestmark = [pytest.mark.xdist_group("full_model"), pytest.mark.full_model]
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -61,8 +61,16 @@ def eval_outputs(model, reference):
         cumulative = [sum(stage_features[: k + 1]) / (k + 1) for k in range(len(stages))]
         bn = [neck(x) for neck, x in zip(m.bottleneck, cumulative, strict=True)]
         logits = [head(f) for head, f in zip(m.classifier, bn, strict=True)]
-        return dict(base=base[0], maps=maps[0, 0], stages=stages, stage=stage_features,
-                    cumulative=cumulative, bn=bn, logits=logits, embedding=m(clips))
+        return dict(
+            base=base[0],
+            maps=maps[0, 0],
+            stages=stages,
+            stage=stage_features,
+            cumulative=cumulative,
+            bn=bn,
+            logits=logits,
+            embedding=m(clips),
+        )
 
     out = jax.tree.map(np.asarray, forward(state, jnp.asarray(clips)))
     pairs = {
@@ -81,12 +89,19 @@ def eval_outputs(model, reference):
     return pairs
 
 
-EVAL_KEYS = (
-    ["eval_backbone_clip0_frame0", "eval_down_channel_clip0_frame0", "eval_layer1_clip0",
-     "eval_layer2_clip0", "eval_layer3", "eval_embedding"]
-    + [f"eval_{name}_{k}" for k in range(3)
-       for name in ("stage_feature", "cumulative_feature", "bn_feature", "logits")]
-)
+EVAL_KEYS = [
+    "eval_backbone_clip0_frame0",
+    "eval_down_channel_clip0_frame0",
+    "eval_layer1_clip0",
+    "eval_layer2_clip0",
+    "eval_layer3",
+    "eval_embedding",
+] + [
+    f"eval_{name}_{k}"
+    for k in range(3)
+    for name in ("stage_feature", "cumulative_feature", "bn_feature", "logits")
+]
+
 
 def test_reference_covers_every_checked_tensor(reference):
     expected = set(EVAL_KEYS)
@@ -102,5 +117,4 @@ def test_eval_mode_matches_release(key, eval_outputs, reference):
 
 def test_eval_embedding_is_last_bn_feature(eval_outputs):
     # Same math, compiled in two places: equal up to float32 rounding.
-    assert relative_error(eval_outputs["eval_embedding"],
-                          eval_outputs["eval_bn_feature_2"]) < 1e-5
+    assert relative_error(eval_outputs["eval_embedding"], eval_outputs["eval_bn_feature_2"]) < 1e-5

@@ -13,7 +13,7 @@ from flax import nnx
 from psta_jax.models import PSTA, PSTAOutput, build_model, capture_attention
 from psta_jax.models.psta import FrozenParam
 from tests import reference_data
-from tests.models.tiny import NUM_CLASSES, TINY, forward, forward_both, tiny_clips, tiny_model
+from tests.helpers.tiny import NUM_CLASSES, TINY, forward, forward_both, tiny_clips, tiny_model
 
 
 def trainable_count(module: nnx.Module) -> int:
@@ -25,19 +25,23 @@ def test_default_model_has_the_release_parameter_count():
     model = nnx.eval_shape(lambda: PSTA(625, rngs=nnx.Rngs(0)))
     assert trainable_count(model) == 35_422_239 == layout["total_trainable_params"]
     by_module = {
-        "base": model.base, "down_channel": model.down_channel,
+        "base": model.base,
+        "down_channel": model.down_channel,
         **{f"layer{k + 1}": stage for k, stage in enumerate(model.stages)},
-        "bottleneck": model.bottleneck, "classifier": model.classifier,
+        "bottleneck": model.bottleneck,
+        "classifier": model.classifier,
     }
     assert {k: trainable_count(m) for k, m in by_module.items()} == (
-        layout["trainable_params_by_module"])
+        layout["trainable_params_by_module"]
+    )
 
 
 def test_bn_neck_bias_is_frozen_and_outside_param_filter():
     model = nnx.eval_shape(lambda: PSTA(625, rngs=nnx.Rngs(0)))
     frozen = nnx.to_flat_state(nnx.state(model, FrozenParam))
     assert sorted(str(p) for p, _ in frozen) == sorted(
-        str(("bottleneck", k, "bias")) for k in range(3))
+        str(("bottleneck", k, "bias")) for k in range(3)
+    )
     param_paths = {p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     assert not any(p[0] == "bottleneck" and p[-1] == "bias" for p in param_paths)
 
@@ -54,8 +58,14 @@ ABLATIONS = {
     "pas": dict(use_sra=False, use_tra=False),
     "no_conv_block": dict(use_conv_block=False),
 }
-EXPECTED_HEADS = {"pyramid": 2, "one_stage": 1, "sra_only": 2, "tra_only": 2, "pas": 2,
-                  "no_conv_block": 2}
+EXPECTED_HEADS = {
+    "pyramid": 2,
+    "one_stage": 1,
+    "sra_only": 2,
+    "tra_only": 2,
+    "pas": 2,
+    "no_conv_block": 2,
+}
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
@@ -72,9 +82,12 @@ def test_ablation_builds_and_runs_in_both_modes(name):
     assert embedding.dtype == jnp.float32
     chex.assert_tree_all_finite((out, embedding))
     # Train mode normalises with batch statistics: BN features have the neck's bias as
-    # their batch mean.
-    np.testing.assert_allclose(np.mean(out.features[-1], axis=0),
-                               model.bottleneck[-1].bias[...], atol=1e-5)
+    # their batch mean, up to float32 rounding of the normalisation (relative to the
+    # features' scale: another CPU's kernels round it differently).
+    features = np.asarray(out.features[-1])
+    np.testing.assert_allclose(
+        features.mean(axis=0), model.bottleneck[-1].bias[...], atol=1e-4 * np.abs(features).max()
+    )
 
 
 def test_ablations_have_the_expected_parts():
@@ -163,11 +176,20 @@ def test_capture_attention_reports_maps_without_changing_outputs():
 
 
 def test_build_model_from_config_with_bfloat16_compute():
-    config = ml_collections.ConfigDict(dict(TINY, aggregation="pyramid", use_sra=True,
-                                            use_tra=True, use_conv_block=True, last_stride=1,
-                                            dtype="bfloat16", remat=False))
+    config = ml_collections.ConfigDict(
+        dict(
+            TINY,
+            aggregation="pyramid",
+            use_sra=True,
+            use_tra=True,
+            use_conv_block=True,
+            last_stride=1,
+            dtype="bfloat16",
+            remat=False,
+        )
+    )
     model = nnx.eval_shape(lambda: build_model(config, NUM_CLASSES, nnx.Rngs(0)))
-    from tests.models.tiny import fill_random
+    from tests.helpers.tiny import fill_random
 
     fill_random(model)
     params = jax.tree.leaves(nnx.state(model, nnx.Param))

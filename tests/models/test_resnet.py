@@ -24,10 +24,10 @@ def test_resnet50_matches_torchvision_size():
 
 @pytest.mark.parametrize("last_stride,expected", [(1, (4, 2)), (2, (2, 1))])
 def test_output_map_size_follows_last_stride(last_stride, expected):
-    model = nnx.eval_shape(
-        lambda: ResNet(50, width=4, last_stride=last_stride, rngs=nnx.Rngs(0)))
-    out = jax.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((2, 64, 32, 3),
-                                                                         jnp.float32))
+    model = nnx.eval_shape(lambda: ResNet(50, width=4, last_stride=last_stride, rngs=nnx.Rngs(0)))
+    out = jax.eval_shape(
+        lambda m, x: m(x), model, jax.ShapeDtypeStruct((2, 64, 32, 3), jnp.float32)
+    )
     assert out.shape == (2, *expected, 4 * 8 * 4)
 
 
@@ -36,5 +36,4 @@ def test_rejects_unknown_depth_and_bad_input():
         ResNet(101, rngs=nnx.Rngs(0))
     model = nnx.eval_shape(lambda: ResNet(10, width=4, rngs=nnx.Rngs(0)))
     with pytest.raises(AssertionError):
-        jax.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((2, 32, 16, 1),
-                                                                      jnp.float32))
+        jax.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((2, 32, 16, 1), jnp.float32))

@@ -33,17 +33,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from psta_jax.losses import psta_loss
+from psta_jax.training.losses import psta_loss
 from tests import reference_data
+from tests.helpers.tiny import NUM_CLASSES, tiny_model
 from tests.models import release_step
-from tests.models.tiny import NUM_CLASSES, tiny_model
 
 F64_RTOL = 1e-6
 F32_RTOL = 1e-3
 F32_LOSS_RTOL = 1e-4
 ADAM = release_step.RELEASE_ADAM
 
-pytestmark = pytest.mark.xdist_group("full_model")
+pytestmark = [pytest.mark.xdist_group("full_model"), pytest.mark.full_model]
 
 OUTPUT_KEYS = [f"train_{name}_{k}" for k in range(3) for name in ("logits", "bn_feature")]
 LOSS_KEYS = ["train_loss_ce", "train_loss_triplet", "train_loss_total"]
@@ -54,8 +54,9 @@ def relative_error(actual, expected) -> float:
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     scale = np.max(np.abs(expected))
-    return float(np.max(np.abs(actual - expected)) / scale) if scale else float(
-        np.max(np.abs(actual)))
+    return (
+        float(np.max(np.abs(actual - expected)) / scale) if scale else float(np.max(np.abs(actual)))
+    )
 
 
 def worst(errors: dict[str, float]) -> str:
@@ -79,7 +80,12 @@ def f64_step(tmp_path_factory):
     env.pop("XLA_FLAGS", None)
     process = subprocess.run(
         [sys.executable, "-m", "tests.models.release_step", "float64", str(out)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert process.returncode == 0, process.stderr[-4000:]
     # JAX warns when float64 values are truncated: by a scatter into a float32 array
     # ("cannot safely cast", e.g. float32 running statistics updated with float64 batch
@@ -107,21 +113,24 @@ def test_f64_outputs_and_losses_match_release(key, f64_step, f64_reference):
 def test_f64_every_gradient_matches_release(f64_step, f64_reference):
     names = [str(n) for n in f64_reference["grad_names"]]
     assert len(names) == 333
-    entries = {n: relative_error(f64_step[f"grad/{n}"], f64_reference[f"grad_value/{n}"])
-               for n in names}
-    norms = {n: relative_error(f64_step[f"grad_norm/{n}"], f64_reference["grad_norm"][i])
-             for i, n in enumerate(names)}
+    entries = {
+        n: relative_error(f64_step[f"grad/{n}"], f64_reference[f"grad_value/{n}"]) for n in names
+    }
+    norms = {
+        n: relative_error(f64_step[f"grad_norm/{n}"], f64_reference["grad_norm"][i])
+        for i, n in enumerate(names)
+    }
     print(f"gradient entries: worst {worst(entries)}; norms: worst {worst(norms)}")
-    failing = {n: (entries[n], norms[n]) for n in names
-               if entries[n] >= F64_RTOL or norms[n] >= F64_RTOL}
+    failing = {
+        n: (entries[n], norms[n]) for n in names if entries[n] >= F64_RTOL or norms[n] >= F64_RTOL
+    }
     assert not failing, failing
 
 
 def test_f64_every_running_statistic_matches_release(f64_step, f64_reference):
     names = [str(n) for n in f64_reference["bn_names"]]
     assert len(names) == 204
-    errors = {n: relative_error(f64_step[f"bn/{n}"], f64_reference[f"bn_value/{n}"])
-              for n in names}
+    errors = {n: relative_error(f64_step[f"bn/{n}"], f64_reference[f"bn_value/{n}"]) for n in names}
     print(f"running statistics: worst {worst(errors)}")
     failing = {n: e for n, e in errors.items() if e >= F64_RTOL}
     assert not failing, failing
@@ -134,8 +143,9 @@ def release_adam_first_step(param: np.ndarray, grad: np.ndarray) -> np.ndarray:
     b1, b2 = ADAM["b1"], ADAM["b2"]
     g = grad + ADAM["weight_decay"] * param
     m, v = (1 - b1) * g, (1 - b2) * g * g
-    return param - ADAM["learning_rate"] / (1 - b1) * m / (np.sqrt(v) / np.sqrt(1 - b2)
-                                                           + ADAM["eps"])
+    return param - ADAM["learning_rate"] / (1 - b1) * m / (
+        np.sqrt(v) / np.sqrt(1 - b2) + ADAM["eps"]
+    )
 
 
 def test_f64_adam_step_matches_release_update(f64_step, f64_reference):
@@ -156,7 +166,8 @@ def test_f64_adam_step_matches_release_update(f64_step, f64_reference):
         decayed = np.abs(grad + ADAM["weight_decay"] * param)
         gradient_tolerance = F64_RTOL * np.max(np.abs(grad))
         allowed = ADAM["learning_rate"] * (
-            F64_RTOL + ADAM["eps"] * gradient_tolerance / (decayed + ADAM["eps"]) ** 2)
+            F64_RTOL + ADAM["eps"] * gradient_tolerance / (decayed + ADAM["eps"]) ** 2
+        )
         ratios[name] = float(np.max(error / allowed))
         relative[name] = relative_error(f64_step[f"new_param/{name}"], expected)
     print(f"Adam step: worst error / allowed {worst(ratios)}; relative {worst(relative)}")
@@ -168,8 +179,9 @@ def test_initial_parameters_are_the_release_weights(f64_step, f64_reference):
     weights = reference_data.release_state_dict(int(f64_reference["weight_seed"]))
     for name in map(str, f64_reference["grad_names"]):
         index = f64_reference[f"grad_index/{name}"]
-        np.testing.assert_array_equal(f64_step[f"param/{name}"],
-                                      weights[name].reshape(-1)[index].astype(np.float64))
+        np.testing.assert_array_equal(
+            f64_step[f"param/{name}"], weights[name].reshape(-1)[index].astype(np.float64)
+        )
 
 
 def test_staged_gradients_equal_one_program_gradients():
@@ -200,8 +212,7 @@ def test_staged_gradients_equal_one_program_gradients():
     assert set(grads) == set(expected_grads) and set(stats) == set(expected_stats)
     np.testing.assert_allclose(float(total), float(expected_total), rtol=1e-13)
     for path, value in expected_grads.items():
-        np.testing.assert_allclose(grads[path], value, rtol=1e-10, atol=1e-13,
-                                   err_msg=str(path))
+        np.testing.assert_allclose(grads[path], value, rtol=1e-10, atol=1e-13, err_msg=str(path))
     for path, value in expected_stats.items():
         np.testing.assert_allclose(stats[path], value, rtol=1e-12, err_msg=str(path))
 
@@ -230,8 +241,10 @@ def test_f32_losses_match_release(key, f32_forward):
 
 def test_f32_every_running_statistic_matches_release(f32_forward):
     summary, reference = f32_forward
-    errors = {str(n): relative_error(summary[f"bn/{n}"], reference[f"bn_value/{n}"])
-              for n in reference["bn_names"]}
+    errors = {
+        str(n): relative_error(summary[f"bn/{n}"], reference[f"bn_value/{n}"])
+        for n in reference["bn_names"]
+    }
     assert len(errors) == 204
     print(f"running statistics: worst {worst(errors)}")
     failing = {n: e for n, e in errors.items() if e >= F32_RTOL}

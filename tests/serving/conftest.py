@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from psta_jax import train
+from psta_jax.training import loop
 from tests.helpers.tiny import tiny_run_config
 
 
@@ -17,6 +17,6 @@ def trained_run(tmp_path_factory) -> pathlib.Path:
     on that checkpoint's state). Its config points at its synthetic data."""
     data_dir = tmp_path_factory.mktemp("serving_data")
     workdir = tmp_path_factory.mktemp("serving_runs") / "tiny"
-    train.train_and_evaluate(tiny_run_config(str(data_dir), num_train_steps=2), str(workdir))
+    loop.train_and_evaluate(tiny_run_config(str(data_dir), num_train_steps=2), str(workdir))
     assert json.loads((workdir / "results.json").read_text())["num_queries"] > 0
     return workdir

@@ -14,8 +14,14 @@ from tests.serving.helpers import IDENTITY, labelled_embeddings
 @pytest.mark.parametrize("labelled", [True, False])
 def test_round_trip_is_bit_exact(tmp_path, suffix, labelled):
     rng = np.random.default_rng(0)
-    original = labelled_embeddings(rng, [1, 1, 2, 3], [0, 1, 0, 1], normalised=True,
-                                   source={"kind": "folder", "path": "/x"}, protocol="mars")
+    original = labelled_embeddings(
+        rng,
+        [1, 1, 2, 3],
+        [0, 1, 0, 1],
+        normalised=True,
+        source={"kind": "folder", "path": "/x"},
+        protocol="mars",
+    )
     if not labelled:
         original = dataclasses.replace(original, pids=None, camids=None)
     path = embedding_file.save(original, tmp_path / f"e{suffix}")
@@ -47,8 +53,16 @@ def test_bad_files_say_what_was_expected(tmp_path):
 
 def test_rows_must_agree():
     with pytest.raises(ServingInputError, match=r"names has shape \(2,\); expected \(3,\)"):
-        embedding_file.Embeddings(embeddings=np.zeros((3, 4), np.float32), names=["a", "b"],
-                                  num_frames=[1, 1, 1], checkpoint=IDENTITY)
+        embedding_file.Embeddings(
+            embeddings=np.zeros((3, 4), np.float32),
+            names=["a", "b"],
+            num_frames=[1, 1, 1],
+            checkpoint=IDENTITY,
+        )
     with pytest.raises(ServingInputError, match="float32"):
-        embedding_file.Embeddings(embeddings=np.zeros((3, 4)), names=["a", "b", "c"],
-                                  num_frames=[1, 1, 1], checkpoint=IDENTITY)
+        embedding_file.Embeddings(
+            embeddings=np.zeros((3, 4)),
+            names=["a", "b", "c"],
+            num_frames=[1, 1, 1],
+            checkpoint=IDENTITY,
+        )

@@ -9,8 +9,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from psta_jax import clip_preparation, export, input_pipeline, steps
-from psta_jax.serving import embedder, export_artifacts, tracklets, trained_model
+from psta_jax import export
+from psta_jax.input import pipeline, preprocess
+from psta_jax.serving import embedder, export_artifacts, tracklets
+from psta_jax.training import steps, trained_model
+from tests.helpers.tolerances import assert_close_to_scale
 
 pytestmark = [
     pytest.mark.xdist_group("serving"),
@@ -44,11 +47,12 @@ def _run_without_psta_jax(loader: str, artifact, clips_path, tmp_path) -> dict:
         clips = np.load({clips!r})
     """).format(artifact=str(artifact), batches=BATCH_SIZES, clips=str(clips_path))
     script += textwrap.dedent(loader) + "\nprint('RESULT' + json.dumps(result))\n"
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                               cwd=tmp_path, timeout=600)
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = next(x for x in completed.stdout.splitlines() if x.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +66,16 @@ def exported(trained_run, tmp_path_factory):
 def reference(trained_run, tmp_path_factory):
     """Real clips of the synthetic query split (uint8, as the eval pipeline yields them) and
     their embeddings from the model as embed and evaluation run it."""
-    model = trained_model.load(trained_run)
-    store = tracklets.read_split(embedder.split_source(model, "mars:query", None))
-    clips = next(iter(input_pipeline.eval_iterator(store, model.config)))["clips"][:3]
-    embed_fn = steps.compile_embed(model.graphs, model.mesh,
-                                   clip_preparation.prepare_eval_clips(model.config))
-    expected = {n: np.asarray(embed_fn(model.variables["params"],
-                                       model.variables["model_state"], clips[:n]))
-                for n in BATCH_SIZES}
+    model = trained_model.load_trained_model(trained_run)
+    source = tracklets.split_source(embedder.split_dataset(model, "mars", None), "query")
+    store = tracklets.read_split(source)
+    clips = next(iter(pipeline.EvalBatches(store, model.eval_input, batch_size=4)))["clips"][:3]
+    embed_fn = steps.compile_embed(
+        model.graphs, model.mesh, preprocess.clip_preparation(model.eval_input)
+    )
+    expected = {
+        n: np.asarray(embed_fn(model.params, model.model_state, clips[:n])) for n in BATCH_SIZES
+    }
     path = tmp_path_factory.mktemp("clips") / "clips.npy"
     np.save(path, clips)
     return model, path, expected
@@ -77,13 +83,14 @@ def reference(trained_run, tmp_path_factory):
 
 def test_jax_export_artifact_runs_without_psta_jax(exported, reference, tmp_path):
     model, clips_path, expected = reference
-    result = _run_without_psta_jax(LOAD_JAX, exported / export_artifacts.EXPORTED_FILE,
-                                   clips_path, tmp_path)
+    result = _run_without_psta_jax(
+        LOAD_JAX, exported / export_artifacts.EXPORTED_FILE, clips_path, tmp_path
+    )
     assert result["platforms"] == ["cpu", "cuda", "tpu"]
     for n, output in zip(BATCH_SIZES, result["outputs"], strict=True):
-        np.testing.assert_allclose(np.asarray(output), expected[n], rtol=0, atol=1e-5)
-    # The comparison means something: the clips' embeddings differ far more than 1e-5.
-    assert np.abs(expected[3][0] - expected[3][1]).max() > 1e-3
+        assert_close_to_scale(output, expected[n])
+    # The comparison means something: the clips' embeddings differ far more than that.
+    assert np.abs(expected[3][0] - expected[3][1]).max() > 1e-3 * np.abs(expected[3]).max()
     metadata = json.loads((exported / export_artifacts.METADATA_FILE).read_text())
     assert metadata["input"]["shape"] == [None, *model.clip_shape]
     assert metadata["output"]["shape"] == [None, model.feature_dim]
@@ -92,17 +99,19 @@ def test_jax_export_artifact_runs_without_psta_jax(exported, reference, tmp_path
 
 def test_saved_model_runs_with_tensorflow_alone(exported, reference, tmp_path):
     model, clips_path, expected = reference
-    result = _run_without_psta_jax(LOAD_TF, exported / export_artifacts.SAVED_MODEL_DIR,
-                                   clips_path, tmp_path)
+    result = _run_without_psta_jax(
+        LOAD_TF, exported / export_artifacts.SAVED_MODEL_DIR, clips_path, tmp_path
+    )
     assert result["inputs"] == {"clips": [None, *model.clip_shape]}
     for n, output in zip(BATCH_SIZES, result["outputs"], strict=True):
-        np.testing.assert_allclose(np.asarray(output), expected[n], rtol=0, atol=1e-5)
+        assert_close_to_scale(output, expected[n])
 
 
 def test_bad_export_options_get_one_message(trained_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        export.main(["--checkpoint", str(trained_run), "--out", str(tmp_path),
-                     "--platforms", "cpu,rocm"])
+        export.main(
+            ["--checkpoint", str(trained_run), "--out", str(tmp_path), "--platforms", "cpu,rocm"]
+        )
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "platforms must be a non-empty subset of ('cpu', 'cuda', 'tpu')" in err

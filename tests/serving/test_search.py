@@ -29,42 +29,65 @@ def _pair(seed=0, **fields):
 
     def part(rows):
         return dataclasses.replace(
-            both, embeddings=both.embeddings[rows], names=both.names[rows],
-            num_frames=both.num_frames[rows], pids=both.pids[rows], camids=both.camids[rows])
+            both,
+            embeddings=both.embeddings[rows],
+            names=both.names[rows],
+            num_frames=both.num_frames[rows],
+            pids=both.pids[rows],
+            camids=both.camids[rows],
+        )
 
     return part(slice(0, split)), part(slice(split, None))
 
 
 @pytest.mark.parametrize("protocol", ["mars", "duke"])
-@pytest.mark.parametrize("distance, rerank", [("cosine", False), ("euclidean", False),
-                                              ("cosine", True)])
+@pytest.mark.parametrize(
+    "distance, rerank", [("cosine", False), ("euclidean", False), ("cosine", True)]
+)
 def test_metrics_are_the_evaluators_and_lists_follow_its_rule(protocol, distance, rerank):
     query, gallery = _pair()
-    options = ranking.SearchOptions(distance=distance, rerank=rerank, protocol=protocol,
-                                    top_k=20)
+    options = ranking.SearchOptions(distance=distance, rerank=rerank, protocol=protocol, top_k=20)
     result = ranking.search(query, gallery, options)
-    expected = evaluation.evaluate(query.embeddings, gallery.embeddings, query.pids,
-                                   gallery.pids, query.camids, gallery.camids,
-                                   protocol=protocol, distance=distance, rerank=rerank)
+    expected = evaluation.evaluate(
+        query.embeddings,
+        gallery.embeddings,
+        query.pids,
+        gallery.pids,
+        query.camids,
+        gallery.camids,
+        protocol=protocol,
+        distance=distance,
+        rerank=rerank,
+    )
     np.testing.assert_array_equal(result.metrics.cmc, expected.cmc)
     assert result.metrics.mAP == expected.mAP
     appended = evaluation.get_protocol(protocol).append_query_to_gallery
-    assert len(result.gallery.names) == (len(Q_PIDS) if appended else 0) + len(G_PIDS) - 1
+    assert len(result.names) == (len(Q_PIDS) if appended else 0) + len(G_PIDS) - 1
     assert -1 not in result.gallery.pids.tolist()  # junk dropped
     for row, entries in enumerate(result.ranked):
         order, matches = inspection.rank_gallery(
-            result.distances[row], query.pids[row], query.camids[row], result.gallery.pids,
-            result.gallery.camids, top_k=20)
+            result.distances[row],
+            query.pids[row],
+            query.camids[row],
+            result.gallery.pids,
+            result.gallery.camids,
+            top_k=20,
+        )
         np.testing.assert_array_equal(result.top_indices[row], order)
         assert [e.match for e in entries] == matches.tolist()
         assert [e.distance for e in entries] == sorted(e.distance for e in entries)
+        shown = evaluation.reported_distance(result.distances[row][order], distance)
+        np.testing.assert_allclose([e.distance for e in entries], shown, rtol=1e-6)
+        if distance == "cosine":  # printed as 1 - cos: a distance, never negative
+            assert all(-1e-6 <= e.distance <= 2 + 1e-6 for e in entries)
 
 
 def test_exclude_same_camera_hides_the_querys_camera():
     query, gallery = _pair()
     plain = ranking.search(query, gallery, ranking.SearchOptions(top_k=20))
-    hidden = ranking.search(query, gallery,
-                            ranking.SearchOptions(top_k=20, exclude_same_camera=True))
+    hidden = ranking.search(
+        query, gallery, ranking.SearchOptions(top_k=20, exclude_same_camera=True)
+    )
     for row, entries in enumerate(hidden.ranked):
         assert all(e.camid != query.camids[row] for e in entries)
         assert len(entries) < len(plain.ranked[row])
@@ -79,7 +102,7 @@ def test_unlabelled_files_rank_without_metrics():
     assert all(e.match is None for entries in result.ranked for e in entries)
     assert all(len(entries) == 3 for entries in result.ranked)
     text = ranking.format_rankings(query, result)
-    assert text.startswith(f"query 0: {query.names[0]} (5 frames)")
+    assert text.startswith(f"distance: 1 - cosine similarity\nquery 0: {query.names[0]} (5 frames)")
 
 
 def test_incompatible_inputs_say_why():
@@ -91,7 +114,7 @@ def test_incompatible_inputs_say_why():
     with pytest.raises(ServingInputError, match="both files L2-normalised or both not"):
         ranking.search(query, normalised, ranking.SearchOptions(distance="euclidean"))
     no_cams = dataclasses.replace(gallery, camids=None)
-    with pytest.raises(ServingInputError, match="exclude-same-camera needs the camera"):
+    with pytest.raises(ServingInputError, match="exclude_same_camera needs the camera"):
         ranking.search(query, no_cams, ranking.SearchOptions(exclude_same_camera=True))
     with pytest.raises(ServingInputError, match="top-k must be at least 1"):
         ranking.SearchOptions(top_k=0)
@@ -128,9 +151,20 @@ def test_cli_prints_rankings_and_metrics_and_writes_the_page(tmp_path, capsys):
     embedding_file.save(query, tmp_path / "q.parquet")
     embedding_file.save(gallery, tmp_path / "g.npz")
     out = tmp_path / "out"
-    result = search.main(["--gallery", str(tmp_path / "g.npz"), "--query",
-                          str(tmp_path / "q.parquet"), "--top-k", "3", "--protocol", "mars",
-                          "--out", str(out)])
+    result = search.main(
+        [
+            "--gallery",
+            str(tmp_path / "g.npz"),
+            "--query",
+            str(tmp_path / "q.parquet"),
+            "--top_k",
+            "3",
+            "--protocol",
+            "mars",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert f"query 0: {query.names[0]} pid 1 cam 0 (5 frames)" in printed
     assert evaluation.format_report(result.metrics) in printed
@@ -151,9 +185,20 @@ def test_cli_errors_are_one_message_without_traceback(tmp_path):
     embedding_file.save(gallery, tmp_path / "g.npz")
     (tmp_path / "folder").mkdir()
     completed = subprocess.run(
-        [sys.executable, "-m", "psta_jax.search", "--gallery", str(tmp_path / "g.npz"),
-         "--query", str(tmp_path / "folder")],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "psta_jax.search",
+            "--gallery",
+            str(tmp_path / "g.npz"),
+            "--query",
+            str(tmp_path / "folder"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
     assert completed.returncode == 1
     assert "is a folder: pass --checkpoint" in completed.stderr
     assert "Traceback" not in completed.stderr
@@ -167,7 +212,8 @@ def test_unlabelled_search_draws_grey_sheets(tmp_path):
     text = page.read_text()
     assert text.count("<img ") == 1 and 'class="match"' not in text and "<pre>" not in text
     assert (tmp_path / "out" / report_page.sheet_name(0)).read_bytes()[:4] == b"\x89PNG"
-    fig = inspection.plot_retrieval([np.zeros((4, 2, 3), np.uint8)],
-                                    [[np.zeros((4, 2, 3), np.uint8)]], result.ranked[0][:1])
+    fig = inspection.plot_retrieval(
+        [np.zeros((4, 2, 3), np.uint8)], [[np.zeros((4, 2, 3), np.uint8)]], result.ranked[0][:1]
+    )
     label = fig.axes[1].get_ylabel()  # row 0 the query, row 1 the first ranked (1 column)
     assert label.startswith("#1\nd=") and "pid" not in label
