@@ -17,7 +17,7 @@ from psta_jax.datasets import raw_io, synthetic
 from tests.conftest import REPO_ROOT
 from tests.helpers.files import snapshot
 
-pytestmark = pytest.mark.xdist_group("train_e2e")
+pytestmark = [pytest.mark.xdist_group("train_e2e"), pytest.mark.slow]
 
 TRAIN_FLAGS = (
     "--config.num_train_steps=4",

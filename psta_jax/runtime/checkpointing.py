@@ -88,6 +88,8 @@ def _manager(directory: epath.Path, *, read_only: bool = False, **options) -> oc
         options=ocp.CheckpointManagerOptions(
             read_only=read_only,
             create=not read_only,
+            # What Orbax sets (with a warning) for a read-only manager.
+            save_interval_steps=0 if read_only else 1,
             best_fn=_best_metric,
             best_mode="max",
             **options,

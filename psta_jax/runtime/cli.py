@@ -42,6 +42,11 @@ _CHATTY = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/", "/tensorflow/", "/e
 # would bury the one message of runtime.errors.
 _NO_TRACEBACK = (*_CHATTY, "/asyncio/")
 _LIBRARY_WARNINGS = r"(tensorflow|tensorflow_datasets|keras|jax|flax|orbax|etils|clu|absl)(\.|$)"
+# Library records that describe normal operation, whatever their level.
+_EXPECTED = (
+    "Requested `tracked_metric`",  # Orbax, at every save of a step that was not evaluated
+    "Given directory is read only",  # Orbax, at every checkpoint opened for reading
+)
 
 _state = {"verbose": False}
 
@@ -190,8 +195,8 @@ class _LibraryChatter(python_logging.Filter):
         if record.exc_info and any(part in path for part in _NO_TRACEBACK):
             record.exc_info, record.exc_text = None, None
         chatty = any(part in path for part in _CHATTY)
-        if chatty and record.getMessage().startswith("Requested `tracked_metric`"):
-            return False  # Orbax, at every save of a step that was not evaluated
+        if chatty and record.getMessage().startswith(_EXPECTED):
+            return False
         return record.levelno >= python_logging.WARNING or not chatty
 
 

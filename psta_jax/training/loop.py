@@ -117,7 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     )
     hooks = [report_progress]
     first_profiled, num_profiled = config.profile_steps
-    if num_profiled > 0 and jax.process_index() == 0:
+    if num_profiled > 0:  # a TensorBoard trace of these steps, one per process
         hooks.append(
             periodic_actions.Profile(
                 logdir=root,
@@ -144,15 +144,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
         for step in range(start_step + 1, schedule.total_steps + 1):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 state, step_metrics = train_step(state, next(batches))
-            for hook in hooks:
-                hook(step)
             checkpoints.raise_if_save_failed()  # a failed save stops training at once
             pending.append(step_metrics)
             is_last = step == schedule.total_steps
             checkpoint_now = step % schedule.checkpoint_every == 0 or is_last
             if step % schedule.log_every == 0 or checkpoint_now:
-                _write_train_metrics(writer, step, pending, learning_rate)
+                _write_train_metrics(writer, step, pending, learning_rate)  # waits for the step
                 pending = []
+            for hook in hooks:  # after the wait: the progress line measures finished steps
+                hook(step)
             evaluated = None
             if step % schedule.eval_every == 0 or is_last:
                 with report_progress.timed("eval"):

@@ -232,6 +232,7 @@ def _check_table_rows(rows: list[dict[str, str]]) -> None:
 
 
 @pytest.mark.xdist_group("inspect_e2e")
+@pytest.mark.slow
 def test_features_restore_the_runs_results_and_attention_maps(workdirs):
     run = inspection.load_run(workdirs[0])
     assert run.step == 2 and run.aggregation == "pyramid"
@@ -272,6 +273,7 @@ def test_features_restore_the_runs_results_and_attention_maps(workdirs):
 
 
 @pytest.mark.xdist_group("inspect_e2e")
+@pytest.mark.slow
 def test_cli_writes_the_table_and_every_figure(workdirs, tmp_path):
     out = tmp_path / "inspection"
     relative = [os.path.relpath(w, REPO_ROOT) for w in workdirs]  # as `make demo` workdirs are
@@ -333,6 +335,7 @@ def _kernel_spec_dir(root) -> str:
 
 
 @pytest.mark.xdist_group("inspect_e2e")
+@pytest.mark.slow
 def test_notebook_runs_headless_on_the_runs(workdirs, tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", _kernel_spec_dir(tmp_path / "jupyter"))
     monkeypatch.setenv("PSTA_INSPECT_WORKDIRS", os.pathsep.join(workdirs))

@@ -20,6 +20,7 @@ from tests.serving.helpers import random_frames, write_tracklet
 
 pytestmark = [
     pytest.mark.xdist_group("serving"),
+    pytest.mark.slow,  # trains the tiny run first (tests/serving/conftest.py)
     # The CLIs run in this process, after JAX started: their XLA:CPU flags cannot apply.
     pytest.mark.filterwarnings("ignore:JAX is already running"),
 ]

@@ -17,6 +17,7 @@ from tests.helpers.tolerances import assert_close_to_scale
 
 pytestmark = [
     pytest.mark.xdist_group("serving"),
+    pytest.mark.slow,  # trains the tiny run first (tests/serving/conftest.py)
     pytest.mark.filterwarnings("ignore:JAX is already running"),
 ]
 

@@ -20,7 +20,7 @@ from psta_jax.training import evaluator, loop, metric_writers, steps
 from tests.conftest import REPO_ROOT
 from tests.helpers.tiny import restore_saved_params, tiny_run_config
 
-pytestmark = pytest.mark.xdist_group("train_e2e")
+pytestmark = [pytest.mark.xdist_group("train_e2e"), pytest.mark.slow]
 
 
 TOTAL_STEPS = 6

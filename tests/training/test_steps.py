@@ -123,6 +123,7 @@ def test_step_without_grad_norm_metric_takes_the_same_step(setup):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device():
     """Global-batch BatchNorm and triplet mining: 4 data-parallel devices == 1 device
     (loss, gradients as SGD updates, new parameters and BatchNorm statistics)."""
