@@ -5,7 +5,7 @@ in front of the 9,330-tracklet gallery), 6 cameras, 3,248 distractors with pid 0
 random float32, which is the worst case for the evaluator: true matches are spread over the
 whole ranking instead of sitting near the top.
 
-    .venv/bin/python benchmarks/evaluation.py [--repeats 3] [--loop-queries 1980]
+    .venv/bin/python benchmarks/evaluation.py [--repeats=3] [--loop_queries=1980]
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--loop-queries",
+        "--loop_queries",
         type=int,
         default=1980,
         help="queries timed with the per-query loops (their time is scaled to 1,980)",

@@ -4,8 +4,8 @@ The synthetic dataset is generated into data/synthetic_mars when missing. The ne
 full PSTA design (pyramid of 3 STAM stages with SRA and TRA) on a narrow ResNet-18 and
 64x32 frames; the recipe is the release's compressed to a few minutes, with two changes
 for a network trained from scratch in 160 steps: a higher learning rate (2e-3) and no random
-erasing (the synthetic frames already carry occlusions). The README ("Two commands") shows
-the metrics and run time of the latest demo run.
+erasing (the synthetic frames already carry occlusions). The README ("Results") gives its
+metrics over five seeds; docs/benchmarks.md ("The demo") the runs behind them.
 """
 
 from psta_jax import config_base

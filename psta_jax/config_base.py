@@ -200,7 +200,8 @@ def _image_fields(config: ml_collections.ConfigDict) -> dict:
 
 
 def train_input(config: ml_collections.ConfigDict):
-    """The training input pipeline a run's config describes (`input.TrainPipelineConfig`)."""
+    """The training input pipeline a run's config describes
+    (`input.preprocess.TrainPipelineConfig`)."""
     from psta_jax.input.preprocess import TrainPipelineConfig  # noqa: PLC0415
 
     return TrainPipelineConfig(
@@ -215,7 +216,8 @@ def train_input(config: ml_collections.ConfigDict):
 
 
 def eval_input(config: ml_collections.ConfigDict):
-    """The evaluation input pipeline a run's config describes (`input.EvalPipelineConfig`)."""
+    """The evaluation input pipeline a run's config describes
+    (`input.preprocess.EvalPipelineConfig`)."""
     from psta_jax.input.preprocess import EvalPipelineConfig  # noqa: PLC0415
 
     return EvalPipelineConfig(

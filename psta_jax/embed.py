@@ -25,14 +25,7 @@ from psta_jax.serving.errors import ServingInputError
 
 def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
     del argv
-    flags.DEFINE_string(
-        "checkpoint",
-        None,
-        "A training workdir, its checkpoints/ folder, one step folder, or a converted "
-        "release checkpoint.",
-        flag_values=values,
-        required=True,
-    )
+    cli.define_checkpoint_flag(values)
     flags.DEFINE_string(
         "tracklets",
         None,

@@ -18,22 +18,16 @@ from absl import flags
 
 from psta_jax.runtime import cli
 
-PLATFORMS = ("cpu", "cuda", "tpu")  # = serving.export_artifacts.PLATFORMS (imports JAX)
-
 
 def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
     del argv
-    flags.DEFINE_string(
-        "checkpoint",
-        None,
-        "A training workdir, its checkpoints/ folder, one step folder, or a converted "
-        "release checkpoint.",
-        flag_values=values,
-        required=True,
-    )
+    cli.define_checkpoint_flag(values)
     flags.DEFINE_string("out", None, "The output folder.", flag_values=values, required=True)
     flags.DEFINE_list(
-        "platforms", list(PLATFORMS), "Platforms to lower for: cpu, cuda, tpu.", flag_values=values
+        "platforms",
+        None,
+        "Platforms to lower for, a subset of cpu,cuda,tpu (default: all three).",
+        flag_values=values,
     )
     flags.DEFINE_bool(
         "normalise",
@@ -53,7 +47,8 @@ def _run(values: flags.FlagValues) -> dict:
     from psta_jax.serving import export_artifacts  # noqa: PLC0415 (after the CPU setup)
     from psta_jax.training.trained_model import load_trained_model  # noqa: PLC0415
 
-    platforms = export_artifacts.check_platforms([p.strip() for p in values.platforms if p])
+    chosen = [p.strip() for p in values.platforms or export_artifacts.PLATFORMS if p.strip()]
+    platforms = export_artifacts.check_platforms(chosen)
     model = load_trained_model(values.checkpoint)
     written = export_artifacts.export(
         model,

@@ -40,11 +40,8 @@ def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
         flag_values=values,
         required=True,
     )
-    flags.DEFINE_string(
-        "checkpoint",
-        None,
-        "The checkpoint that embeds a query folder (the one that embedded the gallery).",
-        flag_values=values,
+    cli.define_checkpoint_flag(
+        values, required=False, purpose=": embeds a query folder (the gallery's checkpoint)"
     )
     flags.DEFINE_integer(
         "top_k", 10, "Gallery tracklets listed per query.", flag_values=values, lower_bound=1

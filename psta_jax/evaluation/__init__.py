@@ -38,6 +38,7 @@ from psta_jax.evaluation.protocols import (
     evaluate,
     get_protocol,
     protocol_gallery,
+    top_k,
 )
 from psta_jax.evaluation.report import format_report, to_json
 from psta_jax.evaluation.rerank import RerankParams, k_reciprocal_rerank
@@ -71,4 +72,5 @@ __all__ = [
     "rank_metrics",
     "reported_distance",
     "to_json",
+    "top_k",
 ]

@@ -187,6 +187,13 @@ def _ids(name: str, ids: np.ndarray, length: int) -> np.ndarray:
     return ids
 
 
+def top_k(distances: np.ndarray, hidden: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k smallest `distances` (G,) not `hidden` (G,) bool; ties keep gallery
+    order (the stable sort every protocol ranks with)."""
+    order = np.argsort(np.asarray(distances), kind="stable")
+    return order[~np.asarray(hidden)[order]][:k]
+
+
 def distance_matrix(
     query_features: np.ndarray,
     gallery_features: np.ndarray,

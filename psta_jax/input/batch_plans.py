@@ -50,6 +50,11 @@ def build_identity_index(pids: np.ndarray) -> IdentityIndex:
     )
 
 
+def num_identities(pids: np.ndarray) -> int:
+    """The classes of a training split: its distinct pids (`build_identity_index`'s labels)."""
+    return len(np.unique(np.asarray(pids)))
+
+
 def steps_per_epoch(num_identities: int, identities_per_batch: int) -> int:
     """Batches of P identities in an epoch (every identity once, the remainder dropped)."""
     steps = num_identities // identities_per_batch

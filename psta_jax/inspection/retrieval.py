@@ -50,8 +50,7 @@ def rank_gallery(
             f"expected distances, g_pids and g_camids of one shape (G,), got "
             f"{distances.shape}, {g_pids.shape}, {g_camids.shape}"
         )
-    order = np.argsort(distances, kind="stable")
-    order = order[~((g_pids[order] == q_pid) & (g_camids[order] == q_camid))][:top_k]
+    order = evaluation.top_k(distances, (g_pids == q_pid) & (g_camids == q_camid), top_k)
     return order, g_pids[order] == q_pid
 
 
@@ -60,10 +59,11 @@ def retrieve(run: Run, query: int, top_k: int = 5) -> list[RetrievalEntry]:
     queries, gallery = run.features["query"], run.protocol_gallery()
     if not 0 <= query < len(queries["pids"]):
         raise IndexError(f"query {query} out of range: {len(queries['pids'])} queries")
-    metric = run.trained.eval_settings.distance
-    distances = evaluation.pairwise_distance(
-        queries["features"][query : query + 1], gallery.features, metric
-    )[0]
+    settings = run.trained.eval_settings
+    metric = settings.distance
+    distances = evaluation.distance_matrix(  # what the run's evaluation ranks, re-ranked or not
+        queries["features"], gallery.features, metric, rerank=settings.rerank
+    )[query]
     order, matches = rank_gallery(
         distances,
         queries["pids"][query],

@@ -1,5 +1,5 @@
-"""A trained workdir as a `Run`: its restored model (`training.TrainedModel`), its results,
-its dataset splits and tracklet features, and single tracklets' clips."""
+"""A trained workdir as a `Run`: its restored model (`training.trained_model.TrainedModel`),
+its results, its dataset splits and tracklet features, and single tracklets' clips."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ from flax import nnx
 
 from psta_jax import config_base, datasets, evaluation
 from psta_jax.input.pipeline import EvalBatches
-from psta_jax.input.preprocess import clip_preparation
 from psta_jax.models import PSTA
 from psta_jax.runtime import workdir as workdir_lib
-from psta_jax.training import evaluator, steps
+from psta_jax.training import evaluator
 from psta_jax.training.trained_model import TrainedModel, load_trained_model
 
 
@@ -59,11 +58,10 @@ class Run:
         """The eval-mode PSTA (a fresh module sharing this run's arrays)."""
         return self.trained.model()
 
-    @functools.cached_property
+    @property
     def embed_fn(self) -> Callable:
         """Jitted (params, model_state, uint8 clips (B, T, H, W, 3)) -> (B, feature_dim)."""
-        preparation = clip_preparation(self.trained.eval_input)
-        return steps.compile_embed(self.trained.graphs, self.mesh, preparation)
+        return self.trained.embed_fn
 
     def program(self, key: str, build: Callable[[], Callable]) -> Callable:
         """A jitted function of this run, built once per `key` (each compiles once per shape)."""

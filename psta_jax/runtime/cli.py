@@ -84,6 +84,20 @@ class Command:
         run(self, None)
 
 
+def define_checkpoint_flag(
+    values: flags.FlagValues, *, required: bool = True, purpose: str = ""
+) -> None:
+    """`--checkpoint`, as every command that loads a trained model names one."""
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "A training workdir (its best step, else its latest), its checkpoints/ folder, one step "
+        f"folder, or a converted release checkpoint{purpose}.",
+        flag_values=values,
+        required=required,
+    )
+
+
 def run(command: Command, argv: Sequence[str] | None = None) -> Any:
     """Steps 1-5 of the module docstring."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -137,10 +151,13 @@ def parse_flags(command: Command, args: Sequence[str]) -> tuple[flags.FlagValues
             module_name=command.name,
             short_name="h",
         )
-        own = list(args[: args.index("--")] if "--" in args else args)
-        if "--help" in own or "-h" in own:  # before validation: required flags may be missing
-            sys.stdout.write(help_text(command, values))
-            raise SystemExit(0)
+    except flags.Error as error:
+        _usage_error(command, _without_traceback(str(error)), args)
+    own = list(args[: args.index("--")] if "--" in args else args)
+    if "--help" in own or "-h" in own:  # before validation: required flags may be missing
+        sys.stdout.write(help_text(command, values))
+        raise SystemExit(0)
+    try:
         positional = values(argv)[1:]
     except flags.Error as error:
         _usage_error(command, _without_traceback(str(error)), args)

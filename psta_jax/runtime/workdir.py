@@ -118,15 +118,15 @@ def _parse(path: epath.Path) -> RunConfig:
     return RunConfig(config=config, num_classes=num_classes, path=path, payload=payload)
 
 
-def find_run_config(path: str | os.PathLike) -> RunConfig | None:
+def find_run_config(path: str | os.PathLike, *, levels_up: int = 2) -> RunConfig | None:
     """The config.json of the run that `path` belongs to, or None when there is none.
 
     `path` may be a workdir, its `checkpoints/` folder or one step folder: the file is looked
-    for there and up to two levels up. A config.json that exists but does not parse is a
-    `RunConfigError`.
+    for there and up to `levels_up` levels up (0: the workdir's own only). A config.json that
+    exists but does not parse is a `RunConfigError`.
     """
     path = epath.Path(path)
-    for candidate in (path, path.parent, path.parent.parent):
+    for candidate in [path, *path.parents][: levels_up + 1]:
         file = candidate / CONFIG_FILE
         if file.exists():
             return _parse(file)

@@ -23,11 +23,10 @@ import numpy as np
 
 from psta_jax import datasets, evaluation
 from psta_jax.input.pipeline import EvalBatches
-from psta_jax.input.preprocess import clip_preparation
 from psta_jax.serving import tracklets
 from psta_jax.serving.embedding_file import Embeddings
 from psta_jax.serving.errors import ServingInputError
-from psta_jax.training import evaluator, steps
+from psta_jax.training import evaluator
 from psta_jax.training.trained_model import TrainedModel, load_trained_model
 
 
@@ -120,7 +119,7 @@ def embed_store(
     elif batch_size < 1:
         raise ServingInputError(f"--batch_size must be at least 1, got {batch_size}")
     eval_input = model.eval_input
-    embed_fn = steps.compile_embed(model.graphs, model.mesh, clip_preparation(eval_input))
+    embed_fn = model.embed_fn
     batches = _Timed(
         evaluator.eval_batches(store, eval_input, batch_size, model.mesh), show_progress
     )

@@ -114,12 +114,6 @@ def gallery_names(
     )
 
 
-def top_k(distances: np.ndarray, hidden: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k smallest `distances` (G,) not `hidden` (G,) bool, ties by index."""
-    order = np.argsort(distances, kind="stable")
-    return order[~hidden[order]][:k]
-
-
 def search(query: Embeddings, gallery: Embeddings, options: SearchOptions) -> SearchResult:
     """Ranks the gallery for every query; see the module docstring."""
     check_compatible(query, gallery, options)
@@ -153,7 +147,7 @@ def search(query: Embeddings, gallery: Embeddings, options: SearchOptions) -> Se
             hidden |= (ranked_gallery.pids == query.pids[row]) & same_camera
         if options.exclude_same_camera:
             hidden |= same_camera
-        top = top_k(distances[row], hidden, options.top_k)
+        top = evaluation.top_k(distances[row], hidden, options.top_k)
         top_indices.append(top)
         ranked.append(
             [

@@ -21,6 +21,7 @@ from absl import logging
 from flax import nnx
 
 from psta_jax import config_base, datasets, evaluation
+from psta_jax.input.batch_plans import num_identities
 from psta_jax.input.pipeline import EvalBatches
 from psta_jax.input.preprocess import EvalPipelineConfig, clip_preparation
 from psta_jax.runtime import distributed, sharding, workdir
@@ -202,7 +203,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir_path: str) ->
     mesh = sharding.make_mesh()
     splits = datasets.open_dataset(config_base.dataset_spec(config))
     eval_input = config_base.eval_input(config)
-    num_classes = saved.num_classes if saved else _num_identities(splits.train)
+    num_classes = saved.num_classes if saved else num_identities(splits.train.pids)
     workdir.check_compatible(saved, config.model.to_dict(), num_classes)
     graphs, step, variables = trained_model.restore_model(
         source, config.model.to_dict(), num_classes, mesh
@@ -221,7 +222,3 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir_path: str) ->
     if jax.process_index() == 0:
         workdir.write_results(workdir_path, workdir.EVAL_RESULTS_FILE, metrics)
     return metrics
-
-
-def _num_identities(store: datasets.TrackletStore) -> int:
-    return len(np.unique(store.pids))

@@ -72,7 +72,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     )
     num_classes = train_data.num_identities
     schedule = Schedule.from_config(config, train_data.steps_per_epoch)
-    workdir.check_compatible(workdir.find_run_config(root), config.model.to_dict(), num_classes)
+    saved = workdir.find_run_config(root, levels_up=0)  # a new run may sit inside another's
+    workdir.check_compatible(saved, config.model.to_dict(), num_classes)
 
     # The model, its optimiser and the train state, restored from the latest checkpoint.
     tx, learning_rate = optimizer.create_optimizer(
@@ -113,7 +114,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     # Logs a progress line (steps/s, ETA, time in evaluation and checkpoints) and writes
     # steps_per_sec and uptime to the files: the line already shows them.
     report_progress = periodic_actions.ReportProgress(
-        num_train_steps=schedule.total_steps, writer=file_writer, every_steps=schedule.log_every
+        num_train_steps=schedule.total_steps,
+        writer=file_writer,
+        every_steps=schedule.log_every,
+        every_secs=None,
     )
     hooks = [report_progress]
     first_profiled, num_profiled = config.profile_steps
@@ -121,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
         hooks.append(
             periodic_actions.Profile(
                 logdir=root,
-                first_profile=first_profiled,
+                first_profile=first_profiled - 1,  # starts in the hook after that step
                 num_profile_steps=num_profiled,
                 profile_duration_ms=None,
                 every_secs=None,

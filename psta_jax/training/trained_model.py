@@ -12,15 +12,16 @@ different models apart.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 from flax import nnx
 
 from psta_jax import config_base, datasets, evaluation
-from psta_jax.input.preprocess import EvalPipelineConfig
+from psta_jax.input.preprocess import EvalPipelineConfig, clip_preparation
 from psta_jax.models import build_model
 from psta_jax.runtime import checkpointing, sharding, workdir
 from psta_jax.training import steps
@@ -28,8 +29,9 @@ from psta_jax.training import steps
 
 @dataclasses.dataclass(frozen=True)
 class TrainedModel:
-    """A restored checkpoint: the run that wrote it, its eval/train graphs, its model
-    variables ({'params', 'model_state'}, replicated over `mesh`), its step and identity."""
+    """A restored checkpoint: the run that wrote it (its config.json), its eval/train graphs,
+    its model variables ({'params', 'model_state'}, replicated over `mesh`), its step and
+    identity, and what the run's config says about using it (read once, at load)."""
 
     run: workdir.RunConfig
     graphs: steps.ModelGraphs
@@ -37,6 +39,12 @@ class TrainedModel:
     step: int
     identity: workdir.CheckpointIdentity
     mesh: jax.sharding.Mesh
+    eval_input: EvalPipelineConfig  # the test sampler, clip length and size
+    eval_settings: evaluation.EvalSettings  # protocol, distance, re-ranking
+    eval_batch_size: int  # clips per evaluation batch over all devices
+    dataset: datasets.DatasetSpec  # what the run trained and evaluated on
+    model_fields: dict[str, Any]  # PSTA's keyword arguments
+    ablation: str  # the run's ablation preset ('full' when none was named)
 
     @property
     def num_classes(self) -> int:
@@ -51,48 +59,23 @@ class TrainedModel:
         return self.variables["model_state"]
 
     @property
-    def eval_input(self) -> EvalPipelineConfig:
-        """The evaluation input of the run (its test sampler, clip length and size)."""
-        return config_base.eval_input(self.run.config)
-
-    @property
-    def eval_settings(self) -> evaluation.EvalSettings:
-        """How the run is evaluated (protocol, distance, re-ranking)."""
-        return config_base.eval_settings(self.run.config)
-
-    @property
-    def eval_batch_size(self) -> int:
-        """Clips per evaluation batch over all devices, as the run evaluated."""
-        return int(self.run.config.input.eval_batch_size)
-
-    @property
-    def dataset(self) -> datasets.DatasetSpec:
-        """The dataset the run trained and evaluated on."""
-        return config_base.dataset_spec(self.run.config)
-
-    @property
-    def model_fields(self) -> dict[str, Any]:
-        """The run's model fields (PSTA's keyword arguments)."""
-        return self.run.config.model.to_dict()
-
-    @property
-    def ablation(self) -> str:
-        """The run's ablation preset ('full' when none was named)."""
-        return str(self.run.config.get("ablation", "full"))
-
-    @property
     def clip_shape(self) -> tuple[int, int, int, int]:
         """(T, H, W, 3) of one input clip."""
-        height, width = (int(s) for s in self.run.config.model.image_size)
-        return int(self.run.config.model.seq_len), height, width, 3
+        return self.eval_input.seq_len, *self.eval_input.image_size, 3
 
     @property
     def feature_dim(self) -> int:
-        return int(self.run.config.model.feature_dim)
+        return int(self.model_fields["feature_dim"])
 
     def model(self) -> nnx.Module:
         """The eval-mode PSTA (a fresh module sharing these arrays)."""
         return nnx.merge(self.graphs.eval, self.params, self.model_state)
+
+    @functools.cached_property
+    def embed_fn(self) -> Callable:
+        """Jitted (params, model_state, uint8 clips (B, T, H, W, 3)) -> (B, feature_dim), the
+        embedding evaluation computes (compiled once per batch shape)."""
+        return steps.compile_embed(self.graphs, self.mesh, clip_preparation(self.eval_input))
 
 
 def restore_model(
@@ -132,6 +115,18 @@ def load_trained_model(
         step=int(step),
         path=os.path.abspath(os.fspath(checkpoint)),
     )
+    config = run.config
     return TrainedModel(
-        run=run, graphs=graphs, variables=variables, step=int(step), identity=identity, mesh=mesh
+        run=run,
+        graphs=graphs,
+        variables=variables,
+        step=int(step),
+        identity=identity,
+        mesh=mesh,
+        eval_input=config_base.eval_input(config),
+        eval_settings=config_base.eval_settings(config),
+        eval_batch_size=int(config.input.eval_batch_size),
+        dataset=config_base.dataset_spec(config),
+        model_fields=config.model.to_dict(),
+        ablation=str(config.get("ablation", "full")),
     )

@@ -81,3 +81,13 @@ def test_an_unwritable_workdir_is_one_message(tmp_path):
         workdir.check_writable(blocker / "run")
     workdir.check_writable(tmp_path / "new" / "run")
     assert (tmp_path / "new" / "run").is_dir()
+
+
+def test_a_new_run_inside_another_runs_workdir_is_its_own(tmp_path):
+    """Training looks at its workdir's own config.json only (levels_up=0), so a run started
+    in a sub-folder of a trained workdir is not taken for a checkpoint of that run."""
+    workdir.write_run_config(tmp_path, _config(), 625)
+    inner = tmp_path / "ablation"
+    inner.mkdir()
+    assert workdir.find_run_config(inner).num_classes == 625  # a step folder's lookup
+    assert workdir.find_run_config(inner, levels_up=0) is None
