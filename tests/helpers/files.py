@@ -1,5 +1,7 @@
-"""File-tree snapshots: proof that a failure left every earlier file byte-identical."""
+"""What a run left on disk: file-tree snapshots (proof that a failure left every earlier file
+byte-identical) and the scalars of its TensorBoard event files."""
 
+import glob
 import os
 
 
@@ -12,3 +14,15 @@ def snapshot(root) -> dict[str, bytes]:
             with open(path, "rb") as f:
                 found[os.path.relpath(path, root)] = f.read()
     return found
+
+
+def tensorboard_scalars(workdir) -> dict[tuple[int, str], float]:
+    """{(step, tag): value} of every scalar in the workdir's TensorBoard event files."""
+    import tensorflow as tf
+
+    values = {}
+    for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                values[(event.step, value.tag)] = float(tf.make_ndarray(value.tensor))
+    return values

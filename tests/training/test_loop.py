@@ -18,6 +18,7 @@ from psta_jax.runtime import checkpointing, xla_cpu
 from psta_jax.runtime import workdir as workdir_lib
 from psta_jax.training import evaluator, loop, metric_writers, steps
 from tests.conftest import REPO_ROOT
+from tests.helpers.files import tensorboard_scalars
 from tests.helpers.tiny import restore_saved_params, tiny_run_config
 
 pytestmark = [pytest.mark.xdist_group("train_e2e"), pytest.mark.slow]
@@ -112,22 +113,11 @@ def test_evaluated_steps_carry_their_metrics_and_every_scalar_is_logged(finished
         assert saved.metrics(2) is None
         best = max((4, 6), key=lambda s: (eval_rows[s]["eval/mAP"], -s))
         assert saved.best_step() == best
-    tensorboard = _tensorboard_scalars(workdir)
+    tensorboard = tensorboard_scalars(workdir)
     for row in rows:
         for name, value in row.items():
             if name != "step":
                 assert tensorboard[(row["step"], name)] == pytest.approx(value, rel=1e-6)
-
-
-def _tensorboard_scalars(workdir) -> dict[tuple[int, str], float]:
-    import tensorflow as tf
-
-    values = {}
-    for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                values[(event.step, value.tag)] = float(tf.make_ndarray(value.tensor))
-    return values
 
 
 def test_the_heap_goes_back_after_each_evaluation(finished_run):

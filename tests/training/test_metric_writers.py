@@ -1,28 +1,18 @@
 """The run's scalars: every one reaches the log, TensorBoard and metrics.jsonl, once per step."""
 
-import glob
 import json
 import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from psta_jax.training import metric_writers
+from tests.helpers.files import tensorboard_scalars
 
 
 def _rows(workdir) -> list[dict]:
     with open(os.path.join(workdir, metric_writers.METRICS_FILE)) as f:
         return [json.loads(line) for line in f]
-
-
-def _tensorboard_scalars(workdir) -> dict[tuple[int, str], float]:
-    values = {}
-    for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                values[(event.step, value.tag)] = float(tf.make_ndarray(value.tensor))
-    return values
 
 
 @pytest.mark.parametrize("asynchronous", [True, False])
@@ -45,7 +35,7 @@ def test_every_scalar_reaches_jsonl_and_tensorboard(tmp_path, asynchronous):
         for name, value in row.items()
         if name != "step"
     }
-    assert _tensorboard_scalars(tmp_path) == pytest.approx(expected)
+    assert tensorboard_scalars(tmp_path) == pytest.approx(expected)
 
 
 def test_resume_drops_the_rows_it_will_redo(tmp_path):
