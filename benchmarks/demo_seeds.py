@@ -4,7 +4,8 @@
 
 Each seed trains configs/demo.py into <root>/seed<N> (a finished workdir is evaluated again
 instead of retrained) and the table gives R1, mAP and wall time per seed, their mean and
-range (max - min), and the CPU. The README's demo row comes from this table.
+range (max - min), and the CPU. The README's demo row comes from this table; with --figure the
+seeds' learning curves (mean and min-max band) go to a PNG (docs/figures/demo_curves.png).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--root", default="workdirs/demo_seeds")
+    parser.add_argument(
+        "--figure", default="", help="also draw the seeds' learning curves to this PNG"
+    )
     args = parser.parse_args(argv)
     root = REPO / args.root
     rows = [run_seed(int(s), root / f"seed{s}") for s in args.seeds.split(",")]
@@ -67,6 +71,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{key}: mean {sum(values) / len(values):.2f}, range {min(values):.2f}-"
             f"{max(values):.2f} (spread {max(values) - min(values):.2f}) over {len(values)} seeds"
         )
+    if args.figure:
+        from psta_jax.inspection import curves_figure  # noqa: PLC0415 (matplotlib)
+
+        curves_figure([root / f"seed{row['seed']}" for row in rows], path=args.figure)
+        print(f"learning curves: {args.figure}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ below the training loop.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+from typing import Any
+
 import ml_collections
 
 from psta_jax.runtime.errors import ConfigError
@@ -66,14 +71,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.mode = "train"  # "train" or "evaluate"
     c.seed = 0
     c.data_dir = "data"
-    # ImageNet ResNet-50 weights from torchvision (.pth); empty = random init (warned loudly).
-    c.pretrained = ""
+    # The backbone's start: "imagenet" (torchvision's ImageNet ResNet-50, downloaded and
+    # cached; psta_jax/interop/imagenet_weights.py), "none" (random init) or a path to a .pth.
+    # "imagenet" applies to the ResNet-50 backbone only; smaller ones start from random weights.
+    c.pretrained = "imagenet"
     # Evaluate mode: a workdir or converted release checkpoint (its best-mAP step, else its
     # latest), a checkpoints/ folder (its latest step) or one step folder; empty = the workdir.
     c.checkpoint = ""
 
     # raw_dir: the raw dataset folder (default <data_dir>/<the dataset's folder>); synthetic:
-    # generate the synthetic MARS-layout dataset into raw_dir when it is missing;
+    # generate the synthetic MARS-layout dataset into raw_dir when it is missing, with the
+    # `datasets.synthetic.SyntheticConfig` fields of synthetic_sizes changed from its defaults;
     # skip_bad_frames: prepare without frames that do not decode (the tracklet counts as
     # shorter) instead of stopping with their list.
     c.dataset = ml_collections.ConfigDict(
@@ -83,6 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
             builder_config="",
             protocol="mars",
             synthetic=False,
+            synthetic_sizes=ml_collections.ConfigDict(),
             skip_bad_frames=False,
         )
     )
@@ -186,6 +195,7 @@ def dataset_spec(config: ml_collections.ConfigDict):
         raw_dir=config.dataset.raw_dir or None,
         builder_config=config.dataset.builder_config or None,
         synthetic=bool(config.dataset.get("synthetic", False)),
+        synthetic_sizes=tuple(sorted(config.dataset.get("synthetic_sizes", {}).items())),
         skip_bad_frames=bool(config.dataset.get("skip_bad_frames", False)),
     )
 
@@ -238,3 +248,251 @@ def eval_settings(config: ml_collections.ConfigDict):
         )
     except ValueError as error:
         raise ConfigError(f"config.dataset.protocol / config.eval: {error}") from error
+
+
+# ----------------------------------------------------------------------------- validation
+# One table of what every field of `base_config()` may hold, checked by `validate` before JAX
+# starts (psta_jax.main), so a bad value costs no start-up time and reads as one message.
+
+MODES = ("train", "evaluate")  # psta_jax.main's modes
+# Copied from the model (importing psta_jax.models starts JAX); tests/test_config_checks.py
+# checks they match `models.resnet.STAGE_SIZES`, `models.psta.AGGREGATIONS` and
+# `training.losses.DISTANCES`.
+MODEL_DEPTHS = (10, 18, 34, 50)
+AGGREGATIONS = ("pyramid", "adjacent", "global", "none")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+TRIPLET_DISTANCES = ("cosine", "euclidean")
+MAX_SEED = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldRule:
+    """What one config field may hold: a type (`int`, `float`, `bool`, `str` or `dict` for a
+    mapping), optionally one of `choices`, a range [low, high] (`open_low`, `open_high`: that
+    end excluded) or a multiple; `sequence`: a list or tuple of such values (`length`: exactly
+    that many)."""
+
+    kind: type
+    description: str
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    multiple_of: int | None = None
+    sequence: bool = False
+    length: int | None = None
+    optional: bool = False  # may be absent (read with a default)
+
+    def accepts(self, value: Any) -> bool:
+        if not self.sequence:
+            return self._accepts_one(value)
+        if not isinstance(value, (list, tuple)):
+            return False
+        if self.length is not None and len(value) != self.length:
+            return False
+        return all(self._accepts_one(v) for v in value)
+
+    def _accepts_one(self, value: Any) -> bool:
+        if self.kind is dict:
+            return hasattr(value, "items")
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                return False
+        elif isinstance(value, bool):
+            return False
+        elif self.kind is float:
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                return False
+        elif not isinstance(value, self.kind):
+            return False
+        if self.choices and value not in self.choices:
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.open_high else value > self.high):
+            return False
+        return not (self.multiple_of and value % self.multiple_of)
+
+    def allowed(self) -> str:
+        """What the field may hold, in words."""
+        names = {int: "an int", float: "a number", bool: "True or False", str: "a string"}
+        if self.choices:
+            quoted = [repr(c) for c in self.choices]
+            one = " or ".join(quoted) if len(quoted) == 2 else f"one of {', '.join(quoted)}"
+        else:
+            one = names.get(self.kind, "a mapping")
+            if self.low is not None and self.high is not None:
+                ends = "(["[not self.open_low], ")]"[not self.open_high]
+                one += f" in {ends[0]}{self.low}, {self.high}{ends[1]}"
+            elif self.low is not None:
+                one += f" {'>' if self.open_low else '>='} {self.low}"
+            if self.multiple_of:
+                one += f" that is a multiple of {self.multiple_of}"
+        if not self.sequence:
+            return one
+        count = f"{self.length} " if self.length is not None else ""
+        return f"a list of {count}values, each {one}"
+
+
+@functools.cache
+def field_rules() -> dict[str, FieldRule]:
+    """The rule of every field of `base_config()` (and `ablation`), by its path under config."""
+    from psta_jax import datasets  # noqa: PLC0415 (no JAX, no TensorFlow: builder names)
+    from psta_jax.evaluation import METRICS, PROTOCOLS  # noqa: PLC0415 (NumPy only)
+    from psta_jax.input.samplers import EVAL_SAMPLERS, TRAIN_SAMPLERS  # noqa: PLC0415
+
+    positive = dict(low=1)
+    non_negative = dict(low=0)
+    return {
+        "mode": FieldRule(str, "train, or evaluate a checkpoint", choices=MODES),
+        "seed": FieldRule(
+            int, "seed of the model's init and the input order", low=0, high=MAX_SEED
+        ),
+        "data_dir": FieldRule(str, "where prepared datasets live"),
+        "pretrained": FieldRule(str, "the backbone's start: 'imagenet', 'none' or a .pth path"),
+        "checkpoint": FieldRule(str, "evaluate mode: what to evaluate; empty = the workdir"),
+        "ablation": FieldRule(str, "the ablation preset", choices=tuple(ABLATIONS), optional=True),
+        "dataset.name": FieldRule(str, "the dataset", choices=tuple(sorted(datasets.BUILDERS))),
+        "dataset.raw_dir": FieldRule(str, "the raw dataset folder; empty = the dataset's default"),
+        "dataset.builder_config": FieldRule(str, "the TFDS builder config; empty = the default"),
+        "dataset.protocol": FieldRule(str, "the evaluation protocol", choices=tuple(PROTOCOLS)),
+        "dataset.synthetic": FieldRule(bool, "generate the synthetic dataset", optional=True),
+        "dataset.synthetic_sizes": FieldRule(
+            dict, "SyntheticConfig fields (checked by the generator)", optional=True
+        ),
+        "dataset.skip_bad_frames": FieldRule(
+            bool, "prepare without undecodable frames", optional=True
+        ),
+        "model.depth": FieldRule(int, "the ResNet's depth", choices=MODEL_DEPTHS),
+        "model.width": FieldRule(int, "the ResNet's base width (torchvision: 64)", **positive),
+        "model.last_stride": FieldRule(int, "the stride of the ResNet's layer4", choices=(1, 2)),
+        "model.feature_dim": FieldRule(
+            int, "the down-channel width (STAM splits it in 8 groups)", low=8, multiple_of=8
+        ),
+        "model.image_size": FieldRule(
+            int, "(height, width) of the frames", sequence=True, length=2, **positive
+        ),
+        "model.seq_len": FieldRule(int, "frames per clip", **positive),
+        "model.aggregation": FieldRule(str, "how STAM aggregates frames", choices=AGGREGATIONS),
+        "model.num_stages": FieldRule(int, "STAM stages of the pyramid", **non_negative),
+        "model.use_sra": FieldRule(bool, "STAM's spatial reasoning"),
+        "model.use_tra": FieldRule(bool, "STAM's temporal reasoning"),
+        "model.use_conv_block": FieldRule(bool, "STAM's conv block"),
+        "model.dtype": FieldRule(str, "the compute dtype", choices=DTYPES),
+        "model.remat": FieldRule(bool, "rematerialise the backbone's blocks"),
+        "batch.identities": FieldRule(int, "identities per batch (P)", **positive),
+        "batch.instances": FieldRule(int, "clips per identity (K)", **positive),
+        "input.train_sampler": FieldRule(str, "training frame sampler", choices=TRAIN_SAMPLERS),
+        "input.test_sampler": FieldRule(str, "evaluation frame sampler", choices=EVAL_SAMPLERS),
+        "input.flip": FieldRule(bool, "random horizontal flips"),
+        "input.erasing_prob": FieldRule(float, "random erasing probability", low=0, high=1),
+        "input.eval_batch_size": FieldRule(int, "clips per evaluation batch", **positive),
+        "input.num_parallel_calls": FieldRule(int, "tf.data parallelism; -1 = AUTOTUNE", low=-1),
+        "optimizer.learning_rate": FieldRule(
+            float, "Adam's base learning rate", low=0, open_low=True
+        ),
+        "optimizer.weight_decay": FieldRule(float, "coupled L2 weight decay", **non_negative),
+        "optimizer.b1": FieldRule(float, "Adam's beta1", low=0, high=1, open_high=True),
+        "optimizer.b2": FieldRule(float, "Adam's beta2", low=0, high=1, open_high=True),
+        "optimizer.eps": FieldRule(float, "Adam's epsilon", low=0, open_low=True),
+        "optimizer.warmup_epochs": FieldRule(int, "epochs of linear warm-up", **non_negative),
+        "optimizer.warmup_factor": FieldRule(float, "warm-up's starting factor", low=0, high=1),
+        "optimizer.milestones": FieldRule(
+            int, "epochs where the learning rate decays", sequence=True, **non_negative
+        ),
+        "optimizer.gamma": FieldRule(float, "decay factor at each milestone", low=0, open_low=True),
+        "optimizer.grad_clip_norm": FieldRule(float, "gradient clipping norm; 0 = off", low=0),
+        "loss.label_smoothing": FieldRule(
+            float, "cross-entropy label smoothing", low=0, high=1, open_high=True
+        ),
+        "loss.margin": FieldRule(float, "triplet margin", **non_negative),
+        "loss.triplet_distance": FieldRule(str, "triplet distance", choices=TRIPLET_DISTANCES),
+        "eval.distance": FieldRule(str, "retrieval distance", choices=tuple(METRICS)),
+        "eval.rerank": FieldRule(bool, "k-reciprocal re-ranking"),
+        "eval.max_rank": FieldRule(int, "longest CMC rank reported", **positive),
+        "num_epochs": FieldRule(int, "training epochs", **positive),
+        "num_train_steps": FieldRule(int, "training steps; <= 0 = num_epochs"),
+        "eval_every_epochs": FieldRule(int, "epochs between evaluations", **positive),
+        "checkpoint_every_epochs": FieldRule(int, "epochs between checkpoints", **positive),
+        "eval_every_steps": FieldRule(int, "steps between evaluations; <= 0 = by epochs"),
+        "checkpoint_every_steps": FieldRule(int, "steps between checkpoints; <= 0 = by epochs"),
+        "max_to_keep": FieldRule(int, "latest checkpoints kept", **positive),
+        "log_every_steps": FieldRule(int, "steps between metric writes", **positive),
+        "log_grad_norm": FieldRule(bool, "log the gradients' global norm"),
+        "profile_steps": FieldRule(
+            int, "(first step, number of steps) to profile", sequence=True, length=2, low=0
+        ),
+    }
+
+
+_MISSING = object()
+
+
+def _lookup(config: ml_collections.ConfigDict, path: str) -> Any:
+    value: Any = config
+    for key in path.split("."):
+        if not hasattr(value, "get"):
+            return _MISSING
+        value = value.get(key, _MISSING)
+        if value is _MISSING:
+            return _MISSING
+    return value
+
+
+def config_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """One line per field of `config` that cannot work: its path, its value, what is allowed.
+    Fields outside the table (e.g. the demo's `expected_results`) are not checked."""
+    problems, bad = [], set()
+    for path, rule in field_rules().items():
+        value = _lookup(config, path)
+        if value is _MISSING:
+            if not rule.optional:
+                problems.append(f"config.{path} is missing: expected {rule.allowed()}")
+                bad.add(path)
+        elif not rule.accepts(value):
+            problems.append(
+                f"config.{path}={value!r}: expected {rule.allowed()} ({rule.description})"
+            )
+            bad.add(path)
+    return problems + _combination_problems(config, bad)
+
+
+def _combination_problems(config: ml_collections.ConfigDict, bad: set[str]) -> list[str]:
+    """Fields that are each allowed but do not fit together (checked when all are allowed)."""
+    problems = []
+    model = config.get("model", {})
+    if not bad & {"model.image_size", "model.last_stride"} and "image_size" in model:
+        stride = 16 * model.last_stride
+        if any(size % stride for size in model.image_size):
+            problems.append(
+                f"config.model.image_size={tuple(model.image_size)}: both sides must be "
+                f"multiples of the backbone's stride {stride} (16 x config.model.last_stride)"
+            )
+    fields = {"model.aggregation", "model.seq_len", "model.num_stages"}
+    if not bad & fields and model.get("aggregation") == "pyramid":
+        seq_len, stages = model.seq_len, model.num_stages
+        if seq_len & (seq_len - 1):
+            problems.append(
+                f"config.model.seq_len={seq_len}: the pyramid needs a power of two (1, 2, 4, 8, "
+                "...)"
+            )
+        elif stages > int(math.log2(seq_len)):
+            problems.append(
+                f"config.model.num_stages={stages}: the pyramid over seq_len={seq_len} frames has "
+                f"at most log2(seq_len)={int(math.log2(seq_len))} stages"
+            )
+    return problems
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config`, or a ConfigError listing every field that cannot work (path, value, what is
+    allowed). Imports neither JAX nor TensorFlow."""
+    problems = config_problems(config)
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} config value(s) cannot work:\n  "
+            + "\n  ".join(problems)
+            + "\nSet them in the config file or with --config.<field>=<value>."
+        )
+    return config

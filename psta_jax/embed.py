@@ -10,15 +10,21 @@ frames per tracklet (name order); identities and cameras come from FOLDER/labels
 prepared TFDS split (from `--data_dir`, default the checkpoint config's). Every tracklet is
 embedded with the checkpoint config's test sampler and averaged over its clips, as evaluation
 does, on all devices (docs/serving.md).
+
+The output is written under a temporary name and renamed onto `--out` after the last batch
+(`runtime.atomic_files`): a failure (a full or read-only disk), Ctrl-C (exit 130) or SIGTERM
+(exit 143) leaves an earlier file there byte-identical. Both signals are taken between
+batches, never inside TensorFlow's or JAX's own code.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from absl import flags
 
-from psta_jax.runtime import cli
+from psta_jax.runtime import atomic_files, cli
 from psta_jax.serving import embedding_file
 from psta_jax.serving.errors import ServingInputError
 
@@ -68,6 +74,20 @@ def _run(values: flags.FlagValues) -> embedding_file.Embeddings:
         raise ServingInputError(
             f"--out {values.out}: expected a file ending in one of {embedding_file.SUFFIXES}"
         )
+    # Before the long part: --out is no folder, and its folder can be written.
+    atomic_files.prepare_file_target(values.out, "--out")
+    with atomic_files.deferred_stop_signals():
+        try:
+            return _embed(values)
+        except KeyboardInterrupt:
+            print(
+                f"stopped: {values.out} was not written (an earlier file there is unchanged)",
+                file=sys.stderr,
+            )
+            raise
+
+
+def _embed(values: flags.FlagValues) -> embedding_file.Embeddings:
     from psta_jax.serving import embedder  # noqa: PLC0415 (imports JAX, after the CPU setup)
 
     common = dict(

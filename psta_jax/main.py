@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from psta_jax import config_base
 from psta_jax.runtime import cli, distributed, errors, workdir
 
-MODES = ("train", "evaluate")
+MODES = config_base.MODES  # ("train", "evaluate")
 
 
 def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
@@ -37,7 +38,8 @@ def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
 
 
 def _load_config(values: flags.FlagValues):
-    """The parsed config; config_flags reports a config file that failed to load on use."""
+    """The parsed, validated config (`config_base.validate`: every field in one message);
+    config_flags reports a config file that failed to load on use."""
     try:
         config = values.config
         config.mode  # noqa: B018 - the first access raises the deferred load error
@@ -50,7 +52,7 @@ def _load_config(values: flags.FlagValues):
             f"config.mode must be 'train' or 'evaluate', got {config.mode!r}: set "
             "--config.mode=train or --config.mode=evaluate"
         )
-    return config
+    return config_base.validate(config)
 
 
 def _run(values: flags.FlagValues) -> dict:
@@ -73,8 +75,16 @@ def _run(values: flags.FlagValues) -> dict:
         jax.devices()[0].platform,
     )
     if config.mode == "train":
-        return loop.train_and_evaluate(config, values.workdir)
-    return evaluator.evaluate_checkpoint(config, values.workdir)
+        metrics = loop.train_and_evaluate(config, values.workdir)
+    else:
+        metrics = evaluator.evaluate_checkpoint(config, values.workdir)
+    expected = config.get("expected_results")
+    if expected and jax.process_index() == 0:  # the demo: its range over seeds, from the README
+        from psta_jax.evaluation import expected_range_note  # noqa: PLC0415
+
+        ranges = {k: tuple(v) for k, v in expected.ranges.items()}
+        logging.info("%s", expected_range_note(metrics, ranges, expected.source))
+    return metrics
 
 
 main = cli.Command(

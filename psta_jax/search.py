@@ -11,7 +11,10 @@ when known; cosine is printed as 1 - cosine similarity) and, when both files kno
 identities, CMC/mAP from the evaluator under the protocol (default: the one the files
 record, e.g. `mars` for a MARS split; else `duke`, i.e. query vs gallery as given).
 `--out=DIR` writes a retrieval sheet per query, rankings.csv and index.html
-(psta_jax.serving.report_page; docs/serving.md).
+(psta_jax.serving.report_page; docs/serving.md), built in a staging folder and moved into
+place at the end: a failure or Ctrl-C leaves an earlier page in DIR as it was. When no query's
+identity is in the gallery (new identities), the rankings are printed and CMC/mAP skipped with
+a note saying why.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from psta_jax import evaluation
-from psta_jax.runtime import cli
+from psta_jax.runtime import atomic_files, cli
 from psta_jax.serving import embedding_file, ranking
 from psta_jax.serving.errors import ServingInputError
 
@@ -97,6 +100,13 @@ def load_query(values: flags.FlagValues) -> embedding_file.Embeddings:
 
 
 def _run(values: flags.FlagValues) -> ranking.SearchResult:
+    if values.out:  # before the long part: --out is no file, and it can be written
+        atomic_files.prepare_folder_target(values.out, "--out")
+    with atomic_files.deferred_stop_signals():
+        return _search(values)
+
+
+def _search(values: flags.FlagValues) -> ranking.SearchResult:
     gallery = embedding_file.load(values.gallery)
     query = load_query(values)
     options = ranking.SearchOptions(
@@ -110,6 +120,8 @@ def _run(values: flags.FlagValues) -> ranking.SearchResult:
     print(ranking.format_rankings(query, result))
     if result.metrics is not None:
         print(evaluation.format_report(result.metrics))
+    if result.note:
+        print(result.note)
     if values.out:
         from psta_jax.serving import report_page  # noqa: PLC0415 (imports matplotlib)
 

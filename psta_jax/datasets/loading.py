@@ -29,7 +29,9 @@ class DatasetSpec:
     name: a builder name in `datasets.BUILDERS`; data_dir: the dataset root; raw_dir: the raw
     folder (default `<data_dir>/<the dataset's folder>`); builder_config: iLIDS-VID /
     PRID-2011 split ('split_0'..'split_9'); synthetic: generate the synthetic MARS into
-    raw_dir when it is missing; skip_bad_frames: prepare without undecodable frames.
+    raw_dir when it is missing, with the `synthetic.SyntheticConfig` fields named in
+    synthetic_sizes ((field, value) pairs) changed from its defaults; skip_bad_frames:
+    prepare without undecodable frames.
     """
 
     name: str
@@ -37,6 +39,7 @@ class DatasetSpec:
     raw_dir: str | None = None
     builder_config: str | None = None
     synthetic: bool = False
+    synthetic_sizes: tuple[tuple[str, int | float], ...] = ()
     skip_bad_frames: bool = False
 
     @property
@@ -168,7 +171,7 @@ def prepare(spec: DatasetSpec):
     if spec.synthetic:
         from psta_jax.datasets import synthetic  # noqa: PLC0415
 
-        synthetic.ensure(spec.raw_folder)
+        synthetic.ensure(spec.raw_folder, synthetic.config_with(dict(spec.synthetic_sizes)))
     return datasets.build(
         spec.name,
         data_dir=spec.data_dir,

@@ -22,6 +22,12 @@ cameras, and two cameras hold >= 2 tracklets so every query has a cross-camera g
 except `num_unmatched_ids` ids seen once in each of two cameras (both tracklets are queries:
 they only match under the MARS protocol, which appends the queries to the gallery). Output is
 byte-identical for the same config and seed.
+
+Folders: files are written into a new folder `<out>.partial-<random>` and moved into place at
+the end; nothing deletes or replaces a file or folder this module did not create. A run
+(`ensure`) generates a missing or empty folder and never regenerates one: a folder generated
+with another config stops it with `SyntheticConfigMismatchError`. Only `psta-synthetic
+--overwrite` (`replace`) replaces a dataset, and only the generator's own untouched output.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 from absl import flags, logging
@@ -38,7 +45,7 @@ from absl import flags, logging
 from psta_jax.datasets import raw_io
 from psta_jax.datasets.mars import layout
 from psta_jax.runtime import cli, errors
-from psta_jax.runtime.errors import UserError
+from psta_jax.runtime.errors import ConfigError, UserError
 
 MARKER_FILE = "SYNTHETIC.json"
 _MAX_PID = 1500  # Pids are drawn from 1.._MAX_PID (MARS folders hold 4-digit pids).
@@ -83,6 +90,24 @@ class SyntheticConfig:
             problems.append("frames must be at least 16 x 8")
         if problems:
             raise ValueError(f"invalid SyntheticConfig {self}: " + "; ".join(problems))
+
+
+def config_with(sizes: Mapping[str, int | float]) -> SyntheticConfig:
+    """The default SyntheticConfig with the fields of `sizes` (config.dataset.synthetic_sizes)
+    changed."""
+    fields = {field.name for field in dataclasses.fields(SyntheticConfig)}
+    unknown = sorted(set(sizes) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"config.dataset.synthetic_sizes: unknown field(s) {unknown}; expected fields of "
+            f"SyntheticConfig: {sorted(fields)}"
+        )
+    config = dataclasses.replace(SyntheticConfig(), **sizes)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise ConfigError(f"config.dataset.synthetic_sizes: {error}") from error
+    return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,98 +372,270 @@ class SyntheticFolderError(UserError, FileExistsError):
     """The output folder holds files the generator did not write (they are never deleted)."""
 
 
+class SyntheticConfigMismatchError(UserError, FileExistsError):
+    """The folder holds a synthetic dataset of another config than a run asks for; a run never
+    regenerates it (the message names the folder, the difference and the ways out)."""
+
+
+class SyntheticWriteError(UserError, OSError):
+    """The synthetic dataset could not be written (disk full, a read-only folder)."""
+
+
 def _all_files(root: str) -> dict[str, int]:
-    """{path relative to root: size} of every file under `root`."""
+    """{path relative to root: size} of every file under `root` (a link counts as a file)."""
     found = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
+    for folder, subfolders, names in os.walk(root):
+        links = [name for name in subfolders if os.path.islink(os.path.join(folder, name))]
+        for name in [*names, *links]:
             path = os.path.join(folder, name)
-            found[os.path.relpath(path, root)] = os.path.getsize(path)
+            found[os.path.relpath(path, root)] = os.lstat(path).st_size
     return found
+
+
+def _empty_folders(root: str) -> list[str]:
+    """Folders under `root` that hold nothing ('<relative path>/')."""
+    return [
+        os.path.relpath(folder, root) + "/"
+        for folder, subfolders, names in os.walk(root)
+        if folder != root and not subfolders and not names
+    ]
 
 
 def foreign_files(out: str) -> list[str]:
     """Files under `out` that are not the generator's untouched output (relative paths).
 
     The marker file lists every file the generator wrote with its size; an added, resized or
-    missing file, or a marker without that list (an older version wrote it), shows that the
-    folder holds something a user may want to keep. A missing file counts as '<name> (missing)'.
+    missing file, an empty folder, or a marker without that list (an older version wrote it),
+    shows that the folder holds something a user may want to keep. A missing file counts as
+    '<name> (missing)', an empty folder as '<name>/'.
     """
     marker = os.path.join(out, MARKER_FILE)
     try:
         with open(marker) as f:
             written = json.load(f).get("files")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         written = None
     found = _all_files(out)
     found.pop(MARKER_FILE, None)
+    empty = _empty_folders(out)
     if not isinstance(written, dict):
-        return sorted(found)
+        return sorted(found) + sorted(empty)
     changed = [name for name, size in found.items() if written.get(name) != size]
     missing = [f"{name} (missing)" for name in written if name not in found]
-    return sorted(changed) + sorted(missing)
+    return sorted(changed) + sorted(empty) + sorted(missing)
+
+
+def _recorded_config(out: str) -> dict | None:
+    """The generator config recorded in `out`'s marker file; None without a readable one."""
+    try:
+        with open(os.path.join(out, MARKER_FILE)) as f:
+            recorded = json.load(f)["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def _config_difference(out: str, config: SyntheticConfig) -> str:
     """'num_train_ids 40 -> 32, ...' between the config recorded in `out` and `config`."""
-    try:
-        with open(os.path.join(out, MARKER_FILE)) as f:
-            recorded = json.load(f)["config"]
-    except (OSError, ValueError, KeyError):
+    recorded = _recorded_config(out)
+    if recorded is None:
         return "unknown config"
     wanted = dataclasses.asdict(config)
     changes = [f"{k} {recorded.get(k)} -> {v}" for k, v in wanted.items() if recorded.get(k) != v]
     return ", ".join(changes) or "same config"
 
 
+def command_flags(config: SyntheticConfig) -> str:
+    """The psta-synthetic flags that write `config` (the fields that differ from the
+    defaults), e.g. ' --num_train_ids=50'; empty for the default config."""
+    defaults = dataclasses.asdict(SyntheticConfig())
+    wanted = dataclasses.asdict(config)
+    return "".join(f" --{k}={v}" for k, v in wanted.items() if defaults[k] != v)
+
+
+def _listed(names: list[str]) -> str:
+    text = ", ".join(names[:10])
+    if len(names) > 10:
+        text += f" and {len(names) - 10} more"
+    return text
+
+
 def _refuse(out: str, why: str, foreign: list[str]) -> SyntheticFolderError:
-    listed = ", ".join(foreign[:10])
-    if len(foreign) > 10:
-        listed += f" and {len(foreign) - 10} more"
     return SyntheticFolderError(
         f"synthetic MARS: {out} {why}, with files the generator did not write or that "
-        f"changed since: {listed}. Nothing was deleted. Move those files elsewhere, delete "
-        f"{out} yourself, or point --config.dataset.raw_dir (or --out) at a new folder."
+        f"changed since: {_listed(foreign)}. Nothing was deleted. Move those files elsewhere, "
+        f"delete {out} yourself, or point --config.dataset.raw_dir (or --out) at a new folder."
     )
+
+
+def _mismatch(out: str, config: SyntheticConfig) -> SyntheticConfigMismatchError:
+    """The error for a run that asks for `config` where `out` holds another synthetic set."""
+    foreign = foreign_files(out)
+    first = (
+        f"; first move out the files the generator did not write or that changed since: "
+        f"{_listed(foreign)}"
+        if foreign
+        else ""
+    )
+    return SyntheticConfigMismatchError(
+        f"synthetic MARS: {out} holds a synthetic dataset generated with another config than "
+        f"this run asks for (recorded -> asked: {_config_difference(out, config)}). A run "
+        "never regenerates or deletes a dataset folder; nothing was changed. Either\n"
+        "  - point --config.dataset.raw_dir at another folder (a missing or empty one is "
+        "generated with the sizes this run asks for), or\n"
+        f"  - regenerate {out} with those sizes: psta-synthetic --out={out} --overwrite"
+        f"{command_flags(config)} (it replaces only a folder that holds nothing but its own "
+        f"untouched output{first}), or delete {out} yourself and run again."
+    )
+
+
+def _own_folder(out: str, kind: str) -> str:
+    """A new empty folder `<out>.<kind>-<random>` beside `out`, created here: the only kind
+    of temporary folder this module ever deletes (never a folder that existed before)."""
+    base = os.path.normpath(out)
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    for _ in range(100):
+        path = f"{base}.{kind}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free name {base}.{kind}-* for a temporary folder")
+
+
+def _remove_own(path: str) -> None:
+    """Deletes a temporary folder this call created with `_own_folder`, if it is still there."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_error(out: str, error: OSError) -> SyntheticWriteError | None:
+    """One message for a write that failed because the disk is full or the folder is
+    read-only; None for any other error."""
+    found = errors.find_os_error(error, errors.FULL_DISK_ERRNOS + errors.NOT_WRITABLE_ERRNOS)
+    if found is None:
+        return None
+    code, _ = found
+    parent = os.path.dirname(os.path.normpath(out)) or "."
+    fix = "Free disk space there" if code in errors.FULL_DISK_ERRNOS else f"Make {parent} writable"
+    return SyntheticWriteError(
+        f"synthetic MARS: cannot write {out}: {os.strerror(code)} ({errors.free_space(parent)} "
+        f"in {parent}). Nothing was left behind and {out} is as it was. {fix}, or choose "
+        "another --out (--config.dataset.raw_dir for a run)."
+    )
+
+
+def _check_new_or_empty(out: str) -> None:
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise SyntheticFolderError(
+            f"synthetic MARS: {out} exists and is not a folder. Nothing was deleted. Choose "
+            "another --out (--config.dataset.raw_dir for a run), or move that file away."
+        )
+    if os.path.isdir(out) and os.listdir(out):
+        found = sorted(_all_files(out)) + sorted(_empty_folders(out))
+        raise _refuse(out, "exists and is not empty", found or sorted(os.listdir(out)))
+
+
+def _move_entries(source: str, target: str) -> None:
+    """Moves what `source` holds into the folder `target`, the marker file last."""
+    names = sorted(name for name in os.listdir(source) if name != MARKER_FILE)
+    for name in [*names, MARKER_FILE]:
+        os.rename(os.path.join(source, name), os.path.join(target, name))
 
 
 def generate(out: str, config: SyntheticConfig = SyntheticConfig()) -> dict[str, int]:
     """Writes the synthetic dataset to the new (or empty) folder `out`; returns its statistics.
 
-    Files are written to `<out>.partial` first and renamed at the end, so an interrupted run
-    never leaves a half-written `out` behind.
+    Files are written to a new folder `<out>.partial-<random>` first and moved into place at
+    the end, so an interrupted run never leaves a half-written `out` behind. An existing
+    empty `out` is kept (filled, not replaced); no other folder is touched.
     """
     config.validate()
-    if os.path.exists(out) and os.listdir(out):
-        raise _refuse(out, "exists and is not empty", sorted(_all_files(out)) or os.listdir(out))
-    partial = os.path.normpath(out) + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    stats = _write_dataset(partial, config)
-    if os.path.isdir(out):
-        os.rmdir(out)  # Empty (checked above).
-    os.rename(partial, out)
+    _check_new_or_empty(out)
+    partial = None
+    try:
+        partial = _own_folder(out, "partial")
+        stats = _write_dataset(partial, config)
+        _check_new_or_empty(out)  # Again: nothing appeared meanwhile.
+        if os.path.isdir(out):
+            _move_entries(partial, out)
+        else:
+            os.rename(partial, out)
+    except OSError as error:
+        if isinstance(error, UserError):
+            raise
+        if partial is not None:
+            _remove_own(partial)  # First, so the message counts the space it held as free.
+        fault = _write_error(out, error)
+        if fault is None:
+            raise
+        raise fault from error
+    finally:
+        if partial is not None:
+            _remove_own(partial)
     return stats
 
 
 def replace(out: str, config: SyntheticConfig) -> dict[str, int]:
-    """Regenerates `out` with `config` if it holds only the generator's untouched output.
+    """Regenerates `out` with `config` if it holds only the generator's untouched output
+    (`psta-synthetic --overwrite`; a run never calls it).
 
     Otherwise raises `SyntheticFolderError` naming the other files, and deletes nothing. The
-    old dataset is lost only in appearance: the same config and seed rewrite it byte for byte.
+    new dataset is written to a new folder beside `out` and swapped in; the old one is
+    deleted only if it is still the generator's untouched output. The old dataset is lost
+    only in appearance: the same config and seed rewrite it byte for byte.
     """
+    config.validate()
+    if not os.path.isdir(out) or not os.listdir(out):
+        return generate(out, config)
+    if not os.path.isfile(os.path.join(out, MARKER_FILE)):
+        raise _refuse(out, "was not written by the generator", foreign_files(out))
     foreign = foreign_files(out)
     if foreign:
         difference = _config_difference(out, config)
-        raise _refuse(out, f"holds a synthetic dataset of another config ({difference})", foreign)
-    config.validate()
-    partial = os.path.normpath(out) + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    stats = _write_dataset(partial, config)
-    previous = os.path.normpath(out) + ".previous"
-    shutil.rmtree(previous, ignore_errors=True)
-    os.rename(out, previous)
-    os.rename(partial, out)
-    shutil.rmtree(previous)
+        raise _refuse(out, f"holds a synthetic dataset ({difference})", foreign)
+    partial = None
+    previous = None
+    try:
+        partial = _own_folder(out, "partial")
+        stats = _write_dataset(partial, config)
+        previous = _own_folder(out, "previous")
+        try:
+            os.rename(out, previous)  # Onto the empty folder just created.
+        except BaseException:
+            os.rmdir(previous)
+            previous = None
+            raise
+        try:
+            os.rename(partial, out)
+        except BaseException:
+            os.rename(previous, out)  # Put the old dataset back.
+            previous = None
+            raise
+    except OSError as error:
+        if isinstance(error, UserError):
+            raise
+        if partial is not None:
+            _remove_own(partial)  # First, so the message counts the space it held as free.
+        fault = _write_error(out, error)
+        if fault is None:
+            raise
+        raise fault from error
+    finally:
+        if partial is not None:
+            _remove_own(partial)
+    left = foreign_files(previous)
+    if left:  # Changed while the new one was written: kept.
+        logging.warning(
+            "synthetic MARS: the previous dataset of %s changed while it was replaced (%s); "
+            "it is kept at %s",
+            out,
+            _listed(left),
+            previous,
+        )
+    else:
+        shutil.rmtree(previous)
     return stats
 
 
@@ -488,29 +685,24 @@ def _write_dataset(out: str, config: SyntheticConfig) -> dict[str, int]:
 
 
 def ensure(out: str, config: SyntheticConfig = SyntheticConfig()) -> bool:
-    """Generates `out` unless it already holds this exact config; returns True if it wrote.
+    """Generates `out` when it is missing or empty; returns True if it wrote.
 
-    A folder written by the generator with another config is regenerated only while it holds
-    nothing but the generator's untouched files (`replace`); a folder with any other file is
-    never deleted: `SyntheticFolderError` says which files and what to do.
+    A folder generated with this exact config is used as it is (returns False). A run never
+    regenerates, replaces or deletes a dataset folder: one generated with another config
+    stops with `SyntheticConfigMismatchError` (the folder, the difference and the ways out),
+    and a non-empty folder the generator did not write with `SyntheticFolderError`. Only the
+    explicit command (`psta-synthetic --overwrite`, `replace`) replaces a synthetic dataset.
     """
-    marker = os.path.join(out, MARKER_FILE)
-    if os.path.isfile(marker):
-        with open(marker) as f:
-            recorded = json.load(f).get("config")
-        if recorded == dataclasses.asdict(config):
-            return False
-        logging.warning(
-            "synthetic MARS: %s was generated with another config (%s); regenerating it",
-            out,
-            _config_difference(out, config),
-        )
-        replace(out, config)
+    if not os.path.lexists(out) or (os.path.isdir(out) and not os.listdir(out)):
+        logging.info("synthetic MARS: generating %s (once)", out)
+        stats = generate(out, config)
+        logging.info("synthetic MARS: wrote %s", stats)
         return True
-    logging.info("synthetic MARS: generating %s (once)", out)
-    stats = generate(out, config)
-    logging.info("synthetic MARS: wrote %s", stats)
-    return True
+    if not os.path.isfile(os.path.join(out, MARKER_FILE)):
+        _check_new_or_empty(out)  # Raises: not a folder, or files the generator did not write.
+    if _recorded_config(out) == dataclasses.asdict(config):
+        return False
+    raise _mismatch(out, config)
 
 
 _FLAG_DEFINERS = {int: flags.DEFINE_integer, float: flags.DEFINE_float}
@@ -528,7 +720,8 @@ def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
     flags.DEFINE_bool(
         "overwrite",
         False,
-        "Replace an earlier synthetic dataset at --out (only if it holds nothing else).",
+        "Replace an earlier synthetic dataset at --out (only if it holds nothing but the "
+        "generator's untouched output).",
         flag_values=values,
     )
     defaults = SyntheticConfig()
@@ -547,7 +740,7 @@ def _run(values: flags.FlagValues) -> dict[str, int]:
         config.validate()
     except ValueError as error:
         raise errors.ConfigError(str(error)) from None
-    if values.overwrite and os.path.isfile(os.path.join(values.out, MARKER_FILE)):
+    if values.overwrite:
         stats = replace(values.out, config)
     else:
         stats = generate(values.out, config)

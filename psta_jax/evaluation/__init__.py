@@ -12,7 +12,7 @@ anywhere.
   (mars, mars_torchreid, mars_matlab, duke, ilids_vid, prid2011).
 - `k_reciprocal_rerank` (rerank.py): optional re-ranking (Zhong et al., CVPR 2017).
 - `average_clip_features` (tracklet_features.py): clip features -> one per tracklet.
-- `format_report`, `to_json` (report.py).
+- `format_report`, `to_json`, `expected_range_note` (report.py).
 
 Computing a model's features is `psta_jax.training.evaluator`.
 """
@@ -40,7 +40,7 @@ from psta_jax.evaluation.protocols import (
     protocol_gallery,
     top_k,
 )
-from psta_jax.evaluation.report import format_report, to_json
+from psta_jax.evaluation.report import expected_range_note, format_report, to_json
 from psta_jax.evaluation.rerank import RerankParams, k_reciprocal_rerank
 from psta_jax.evaluation.tracklet_features import average_clip_features
 
@@ -63,6 +63,7 @@ __all__ = [
     "cmc_map",
     "distance_matrix",
     "evaluate",
+    "expected_range_note",
     "format_report",
     "get_protocol",
     "k_reciprocal_rerank",

@@ -91,3 +91,22 @@ def format_report(result: EvalResult | SplitSummary) -> str:
         f"ties {options['tie_rule']}"
     )
     return "\n".join(lines)
+
+
+def expected_range_note(
+    metrics: dict, expected: dict[str, tuple[float, float]], source: str = ""
+) -> str:
+    """One line saying whether each metric of `expected` ({'mAP': (low, high), ...}, in
+    percent) falls in its range: e.g. "mAP 47.31 inside the expected 44.9-49.6; ...".
+
+    `metrics` holds fractions in [0, 1] (`to_json`); `source` says where the ranges come from.
+    """
+    parts, outside = [], False
+    for name, (low, high) in expected.items():
+        value = 100 * float(metrics[name])
+        inside = low <= value <= high
+        outside |= not inside
+        where = "inside" if inside else "OUTSIDE"
+        parts.append(f"{name} {value:.2f} {where} the expected {low:.2f}-{high:.2f}")
+    verdict = "outside the expected range" if outside else "as expected"
+    return f"{verdict}: {'; '.join(parts)}{f' ({source})' if source else ''}"

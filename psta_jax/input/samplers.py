@@ -25,8 +25,11 @@ Samplers (T = seq_len; the release fixes T = 8, every rule below reduces to it):
 * ``dense`` (the release's Duke test sampler): L > T gives I = L // T interleaved clips,
   clip k = k, k+I, ..., k+(T-1)I (the last L mod T frames are dropped); L <= T gives one
   cyclically padded clip. More than ``max_clips`` (200) clips keep a contiguous run of
-  max_clips clips whose start is drawn from the given generator (Python ``random`` in the
-  release, i.e. not reproducible there).
+  max_clips clips; its start is drawn uniformly from {0..I - max_clips - 1} as the release
+  draws it (with Python ``random``, so not reproducible there; here from the given
+  generator): the run that ends at the last clip is never kept. Only Duke's tracklets of
+  1,608+ frames are capped, and the dense sampler exists to reproduce the release's Duke
+  evaluation, so it keeps the release's rule rather than a uniform draw over all runs.
 
 Worked examples with T = 8 (from the protocol notes, section 3.6):
 
@@ -142,7 +145,7 @@ def dense(
                 f"dense: a tracklet of {num_frames} frames gives {num_clips} > max_clips="
                 f"{max_clips} clips; pass an rng to choose the kept run"
             )
-        first = int(rng.integers(0, num_clips - max_clips + 1))
+        first = int(rng.integers(0, num_clips - max_clips))  # the release's range
         starts = starts[first : first + max_clips]
     return starts[:, None] + np.arange(seq_len, dtype=np.int64)[None, :] * num_clips
 

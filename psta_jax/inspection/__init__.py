@@ -1,12 +1,14 @@
 """Inspecting trained runs: the paper's ablation table (Tables 1/2), attention maps (Figure 4),
-retrieval (Figure 5) and t-SNE (Figure 6). `python -m psta_jax.inspection` writes them all
-(`__main__.py`).
+retrieval (Figure 5), t-SNE (Figure 6) and learning curves. `python -m psta_jax.inspection`
+writes them all (`__main__.py`; `--curves_only`: the curves alone).
 
 - `runs`: a workdir as a `Run` (config, best-else-latest checkpoint, splits, features).
 - `table`: `ablation_table`, `table_markdown`, `write_table` (parameters and XLA FLOPs of the
   compiled model, measured speed).
 - `attention`, `retrieval`, `tsne`: one figure each; every figure function returns the
   matplotlib Figure and saves a PNG when given a path.
+- `curves`: `curves_figure` from metrics.jsonl and config.json only (no model, no data),
+  seeds of one config as a mean and a min-max band.
 """
 
 from __future__ import annotations
@@ -24,6 +26,18 @@ _EXPORTS = {
         "clip_attention",
         "maps_per_frame",
         "plot_attention",
+    ),
+    "curves": (
+        "MetricsError",
+        "RunGroup",
+        "SeedBand",
+        "Series",
+        "aggregate_seeds",
+        "curves_figure",
+        "group_runs",
+        "read_metrics",
+        "steps_per_epoch",
+        "with_metrics",
     ),
     "plotting": ("figure_png", "save_png"),
     "retrieval": (

@@ -10,8 +10,14 @@ here) and, per run, `DIR/<run>_attention.png` (Figure 4: SRA/TRA spatial maps of
 stage over a query clip's frames), `DIR/<run>_retrieval.png` (Figure 5: that query's top-k
 gallery tracklets, true/false matches marked) and `DIR/<run>_tsne.png` (Figure 6: t-SNE of
 the tracklet features of chosen identities). One query and one identity set serve every run,
-so the figures compare. The notebook `notebooks/ablation_inspection.ipynb` calls the same
-functions.
+so the figures compare. `DIR/curves.png` holds the learning curves of the workdirs that have a
+metrics.jsonl (seeds of one config as a mean and a min-max band); with `--curves_only` it is
+all that is written, from metrics.jsonl and config.json alone (no model, no data, no JAX):
+
+    python -m psta_jax.inspection --workdirs=workdirs/demo_seeds/seed0,... --out=DIR \
+        --curves_only
+
+The notebook `notebooks/ablation_inspection.ipynb` calls the same functions.
 """
 
 from __future__ import annotations
@@ -20,12 +26,35 @@ import os
 import pathlib
 from collections.abc import Sequence
 
-from absl import flags
+from absl import flags, logging
 
 from psta_jax import inspection
-from psta_jax.runtime import cli
+from psta_jax.runtime import cli, xla_cpu
 
 FIGURES = ("attention", "retrieval", "tsne")
+CURVES_FILE = "curves.png"
+
+
+def draw_curves(
+    workdirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, required: bool = True
+) -> dict[str, pathlib.Path]:
+    """`out_dir/curves.png`: the learning curves of `workdirs`. Returns {'curves': path}.
+
+    `required`: every workdir needs a metrics.jsonl (`inspection.MetricsError` otherwise);
+    else those without one (a converted release checkpoint) are left out, and with none left
+    nothing is drawn ({}).
+    """
+    drawn = [os.fspath(w) for w in workdirs]
+    if not required:
+        kept = inspection.with_metrics(drawn)
+        for workdir in sorted(set(drawn) - set(kept)):
+            logging.info("%s has no metrics.jsonl: no learning curves for it", workdir)
+        drawn = kept
+    if not drawn:
+        return {}
+    path = pathlib.Path(out_dir) / CURVES_FILE
+    inspection.curves_figure(drawn, path=path)
+    return {"curves": path}
 
 
 def inspect_runs(
@@ -33,20 +62,26 @@ def inspect_runs(
     out_dir: str | os.PathLike,
     *,
     figures: bool = True,
+    curves_only: bool = False,
     query: int | None = None,
     top_k: int = 5,
     identities: int = 10,
     batch_size: int | None = None,
     repeats: int = 3,
 ) -> dict[str, pathlib.Path]:
-    """The table of `workdirs` and (with `figures`) each run's three figures into `out_dir`.
+    """The learning curves, the table of `workdirs` and (with `figures`) each run's three
+    figures into `out_dir`; with `curves_only`, the curves alone (nothing else is loaded).
 
     One query and one identity set serve every run (chosen on the first), so figures compare.
-    Returns {'markdown', 'csv', '<run>_<figure>': path}.
+    Returns {'curves', 'markdown', 'csv', '<run>_<figure>': path} ('curves' only when a
+    workdir has a metrics.jsonl).
     """
+    written = draw_curves(workdirs, out_dir, required=curves_only)  # first: it fails fast
+    if curves_only:
+        return written
     runs = inspection.load_runs(workdirs, load_data=figures)
     rows = inspection.ablation_table(runs, batch_size=batch_size, repeats=repeats)
-    written = inspection.write_table(rows, out_dir)
+    written.update(inspection.write_table(rows, out_dir))
     print(inspection.table_markdown(rows))
     if not figures:
         return written
@@ -81,7 +116,17 @@ def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
         required=True,
     )
     flags.DEFINE_bool(
-        "figures", True, "Draw the figures (--nofigures: the table only).", flag_values=values
+        "figures",
+        True,
+        "Draw the figures (--nofigures: the table and the learning curves only).",
+        flag_values=values,
+    )
+    flags.DEFINE_bool(
+        "curves_only",
+        False,
+        f"Write only the learning curves ({CURVES_FILE}), from each workdir's metrics.jsonl "
+        "and config.json: no model or data is loaded (the other flags are ignored).",
+        flag_values=values,
     )
     flags.DEFINE_integer(
         "query",
@@ -107,10 +152,16 @@ def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
 
 
 def _run(values: flags.FlagValues) -> dict[str, pathlib.Path]:
+    if not values.curves_only:
+        # What runtime.cli does first for a command that computes, skipped by the curves
+        # alone: the CPU set up before JAX starts, TensorFlow kept off accelerators.
+        xla_cpu.configure_for_cpu_if_needed()
+        cli.keep_tensorflow_on_host(cli.verbose())
     written = inspect_runs(
         values.workdirs,
         values.out,
         figures=values.figures,
+        curves_only=values.curves_only,
         query=values.query,
         top_k=values.top_k,
         identities=values.identities,
@@ -124,9 +175,12 @@ def _run(values: flags.FlagValues) -> dict[str, pathlib.Path]:
 
 main = cli.Command(
     name="psta-inspect",
-    summary="The ablation table (paper Tables 1/2) and Figures 4-6 of trained workdirs.",
+    summary="The ablation table (paper Tables 1/2), Figures 4-6 and the learning curves of "
+    "trained workdirs.",
     define_flags=_define_flags,
     run=_run,
+    uses_jax=False,  # set up in _run: --curves_only starts neither JAX nor TensorFlow
+    uses_tensorflow=False,
 )
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tarfile
 import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -153,6 +154,15 @@ _EXPECTED = (
     "expected a file written by torch.save (a zip archive holding <name>/data.pkl, or "
     "torch's legacy pickle format) with a state_dict of tensors"
 )
+_LEGACY_TAR_MEMBERS = ("sys_info", "pickle", "storages", "tensors")
+LEGACY_TAR_REFUSAL = (
+    "is a tar archive: torch.save's oldest format (the legacy tar format), which torch reads "
+    "only with its unrestricted unpickler, and unpickling arbitrary objects could run code. "
+    "psta-jax does that only for files pinned by their SHA-256 (torchvision's ImageNet "
+    "ResNet-50 files, psta_jax.interop.imagenet_weights). To use this file, convert it where "
+    "you trust it: state_dict = torch.load(path, weights_only=False), then "
+    "torch.save(state_dict, new_path), which writes the zip format that psta-jax reads"
+)
 
 
 def _zip_first_record(head: bytes) -> str:
@@ -161,8 +171,21 @@ def _zip_first_record(head: bytes) -> str:
     return head[30 : 30 + name_length].decode(errors="replace")
 
 
+def _is_legacy_torch_tar(path: str) -> bool:
+    """Whether the tar archive `path` starts like torch.save's legacy tar format (its first
+    member is one of that format's: sys_info, pickle, storages, tensors)."""
+    try:
+        with tarfile.open(path, "r:") as archive:
+            first = archive.next()
+    except (tarfile.TarError, OSError):
+        return False
+    return first is not None and first.name in _LEGACY_TAR_MEMBERS
+
+
 def check_torch_checkpoint(path: str | os.PathLike) -> None:
-    """Raises `NotATorchCheckpointError` unless `path` looks like a `torch.save` file."""
+    """Raises `NotATorchCheckpointError` unless `path` looks like a `torch.save` file that
+    psta-jax reads: a file in torch's legacy tar format is refused too (`LEGACY_TAR_REFUSAL`
+    says why and how to convert it)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise NotATorchCheckpointError(
@@ -186,6 +209,12 @@ def check_torch_checkpoint(path: str | os.PathLike) -> None:
                 f"{path!r} is a damaged or truncated PyTorch checkpoint ({os.path.getsize(path)} "
                 "bytes; its zip directory is missing): copy or download it again"
             )
+    if tarfile.is_tarfile(path):
+        if _is_legacy_torch_tar(path):
+            raise NotATorchCheckpointError(f"{path!r} {LEGACY_TAR_REFUSAL}")
+        raise NotATorchCheckpointError(
+            f"{path!r} is a tar archive but not a PyTorch checkpoint; {_EXPECTED}"
+        )
     raise NotATorchCheckpointError(
         f"{path!r} is not a PyTorch checkpoint ({os.path.getsize(path)} bytes, starting with "
         f"{head[:8]!r}); {_EXPECTED}"
@@ -204,11 +233,15 @@ def _numpy_scalar_globals() -> list:
     ]
 
 
-def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_torch_checkpoint(
+    path: str | os.PathLike, *, trusted: bool = False
+) -> dict[str, np.ndarray]:
     """A `.pth` state_dict as NumPy arrays (torch imported lazily).
 
     Only tensors, containers and NumPy scalars are unpickled (`weights_only`): a file that
-    needs any other Python object is refused, since unpickling it could run code.
+    needs any other Python object is refused, since unpickling it could run code, and so is
+    torch's legacy tar format. `trusted=True` lifts both limits; pass it only for a file
+    whose bytes were verified against a pinned SHA-256 (`imagenet_weights.read_weights`).
     """
     try:
         import torch
@@ -218,10 +251,14 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
             "pip install 'psta-jax[torch]' (or pass a mapping of NumPy "
             "arrays instead)"
         ) from err
-    check_torch_checkpoint(path)
+    if not trusted:
+        check_torch_checkpoint(path)
     try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        if trusted:  # pinned bytes: any pickled object, any format (the legacy tar one too)
+            checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=False)
+        else:
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(path))

@@ -7,6 +7,10 @@ dense clips) cuts every tracklet into clips, batched over all devices, and
 `training.evaluator.tracklet_features` averages each tracklet's clip embeddings: the code
 path of evaluation, so an embedded split ranks exactly as evaluation ranks it. Rows may then
 be L2-normalised (recorded in the file).
+
+A stop signal recorded by `runtime.atomic_files.deferred_stop_signals` (Ctrl-C, SIGTERM) is
+raised between batches (and between tracklets while frames are read), with the tf.data
+iterator released first.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from psta_jax import datasets, evaluation
+from psta_jax import config_base, datasets, evaluation
 from psta_jax.input.pipeline import EvalBatches
+from psta_jax.runtime import atomic_files, checkpointing, errors, workdir
 from psta_jax.serving import tracklets
 from psta_jax.serving.embedding_file import Embeddings
 from psta_jax.serving.errors import ServingInputError
@@ -81,15 +86,23 @@ class _Timed(Iterable):
                 dynamic_ncols=True,
             )
         self.marks = [(time.perf_counter(), 0)]
-        for batch in self.batches:
-            clips = int(np.count_nonzero(batch["mask"])) * jax.process_count()
-            yield batch
-            # The caller has fetched this batch's features when it asks for the next one.
-            self.marks.append((time.perf_counter(), clips))
+        iterator = iter(self.batches)
+        try:
+            for batch in iterator:
+                atomic_files.raise_if_stopped()
+                clips = int(np.count_nonzero(batch["mask"])) * jax.process_count()
+                yield batch
+                # The caller has fetched this batch's features when it asks for the next one.
+                self.marks.append((time.perf_counter(), clips))
+                if bar is not None:
+                    bar.update(clips)
+            atomic_files.raise_if_stopped()
+        finally:
+            # Stopped or done: release the tf.data iterator (and its threads) now, not when
+            # the interpreter exits.
+            del iterator
             if bar is not None:
-                bar.update(clips)
-        if bar is not None:
-            bar.close()
+                bar.close()
 
     def throughput(self) -> Throughput:
         times = [t for t, _ in self.marks]
@@ -139,8 +152,35 @@ def _finish(features: np.ndarray, l2_normalise: bool) -> np.ndarray:
     return evaluation.l2_normalise(features).astype(np.float32) if l2_normalise else features
 
 
-def _model(checkpoint: str | os.PathLike | TrainedModel) -> TrainedModel:
-    return checkpoint if isinstance(checkpoint, TrainedModel) else load_trained_model(checkpoint)
+def check_run_config(checkpoint: str | os.PathLike) -> None:
+    """A ServingInputError when the config.json of `checkpoint`'s run parses but lacks (or
+    garbles) a field that using the model reads: the eval input, the evaluation settings, the
+    dataset, the model. A missing or unparsable config.json is `workdir.RunConfigError`."""
+    directory, _ = checkpointing.resolve_model_checkpoint(checkpoint)
+    run = workdir.load_run_config(directory)
+    try:
+        config_base.eval_input(run.config)
+        config_base.eval_settings(run.config)
+        config_base.dataset_spec(run.config)
+        int(run.config.input.eval_batch_size)
+        run.config.model.to_dict()
+    except errors.UserError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise ServingInputError(
+            f"{run.path}: not a complete run config ({type(error).__name__}: {error}); it should "
+            "be the config.json written by psta_jax.main (or psta_jax.interop.convert) beside the "
+            "checkpoints. Restore it, or copy it from a run with the same config."
+        ) from error
+
+
+def load_model(checkpoint: str | os.PathLike | TrainedModel) -> TrainedModel:
+    """The checkpoint as an eval-mode model (as given when it already is one); a config.json
+    that cannot describe it is one ServingInputError (`check_run_config`)."""
+    if isinstance(checkpoint, TrainedModel):
+        return checkpoint
+    check_run_config(checkpoint)
+    return load_trained_model(checkpoint)
 
 
 def embed_folder(
@@ -153,7 +193,8 @@ def embed_folder(
 ) -> Embeddings:
     """Embeddings of every tracklet sub-folder of `path` (see `tracklets`)."""
     folder = tracklets.scan_folder(path)
-    model = _model(checkpoint)
+    model = load_model(checkpoint)
+    atomic_files.raise_if_stopped()
     store = tracklets.read_store(folder)
     features, throughput = embed_store(
         model, store, batch_size=batch_size, show_progress=show_progress
@@ -202,9 +243,11 @@ def embed_split(
     """Embeddings of every tracklet of a prepared TFDS split, e.g. 'mars:query'; names are
     `<split>_<tracklet id>`."""
     dataset, split = tracklets.parse_split(spec)
-    model = _model(checkpoint)
+    model = load_model(checkpoint)
     source = tracklets.split_source(split_dataset(model, dataset, data_dir), split)
+    atomic_files.raise_if_stopped()
     store = tracklets.read_split(source)
+    atomic_files.raise_if_stopped()
     features, throughput = embed_store(
         model, store, batch_size=batch_size, show_progress=show_progress
     )

@@ -8,6 +8,11 @@ optionally `pid` / `camid` int64; the same JSON under the schema metadata key `p
 The JSON holds `format_version`, `normalised`, `checkpoint` ({config_hash, step, path}),
 `source` (where the tracklets came from, so frames can be shown again) and `protocol` (the
 dataset's evaluation protocol, when known). Both formats read back bit-identical arrays.
+
+`save` writes a temporary file beside the target and renames it into place
+(`runtime.atomic_files`): a failure (a full or read-only disk, Ctrl-C) leaves an earlier file
+there byte-identical. `load` refuses embeddings that are not finite (NaN or infinite), naming
+the first bad row.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from psta_jax.runtime import atomic_files
 from psta_jax.runtime.workdir import CheckpointIdentity
 from psta_jax.serving.errors import ServingInputError
 
@@ -96,10 +102,17 @@ def _check_suffix(path: pathlib.Path) -> str:
 
 
 def save(embeddings: Embeddings, path: str | os.PathLike) -> pathlib.Path:
-    """Writes `embeddings` to `path` (.npz or .parquet, chosen by the suffix)."""
+    """Writes `embeddings` to `path` (.npz or .parquet, chosen by the suffix), replacing an
+    earlier file only once the new one is complete (`atomic_files.replacing`; a failure is an
+    `atomic_files.OutputError`)."""
     path = pathlib.Path(path)
     suffix = _check_suffix(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_files.replacing(path, "the embeddings file") as temporary:
+        _write(embeddings, temporary, suffix)
+    return path
+
+
+def _write(embeddings: Embeddings, path: pathlib.Path, suffix: str) -> None:
     metadata = json.dumps(embeddings.metadata(), sort_keys=True)
     if suffix == ".npz":
         arrays = dict(
@@ -134,7 +147,6 @@ def save(embeddings: Embeddings, path: str | os.PathLike) -> pathlib.Path:
             {_PARQUET_METADATA_KEY: metadata.encode()}
         )
         pq.write_table(table, path)
-    return path
 
 
 def load(path: str | os.PathLike) -> Embeddings:
@@ -160,6 +172,7 @@ def load(path: str | os.PathLike) -> Embeddings:
             f"{path}: embeddings format version "
             f"{metadata.get('format_version')!r}, expected {FORMAT_VERSION}"
         )
+    _check_finite(path, columns["embeddings"], columns["names"])
     checkpoint = CheckpointIdentity(**metadata["checkpoint"])
     return Embeddings(
         checkpoint=checkpoint,
@@ -167,6 +180,24 @@ def load(path: str | os.PathLike) -> Embeddings:
         source=metadata.get("source") or {},
         protocol=metadata.get("protocol"),
         **columns,
+    )
+
+
+def _check_finite(path: pathlib.Path, embeddings: np.ndarray, names: np.ndarray) -> None:
+    """A ServingInputError naming the first row that holds NaN or an infinite value."""
+    if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
+        return  # Embeddings reports the wrong shape or type
+    bad = ~np.isfinite(embeddings)
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad.any(axis=1))
+    row = int(rows[0])
+    kind = "NaN" if np.isnan(embeddings[row]).any() else "an infinite value"
+    name = f" ({names[row]})" if row < len(names) else ""
+    raise ServingInputError(
+        f"{path}: row {row}{name} holds {kind} ({len(rows)} of {len(embeddings)} rows are not "
+        "finite); distances to it mean nothing. Re-embed those tracklets (a checkpoint whose "
+        "training diverged gives NaN: check its loss) or drop the rows"
     )
 
 

@@ -14,6 +14,13 @@ Loading:
     embeddings = exported.call(clips)                      # jax only
     model = tf.saved_model.load("saved_model")
     embeddings = model.signatures["serving_default"](clips=clips)["embeddings"]  # TF only
+
+Everything is built in a staging folder inside OUT and moved into place at the end
+(`runtime.atomic_files`): a failure (a full or read-only disk) or Ctrl-C leaves an earlier
+export byte-identical. export.json lists what an export wrote (`files`); a new export
+replaces those entries and removes the ones it no longer writes (an old saved_model/ after
+`--nosaved_model`), and never touches other files in OUT. An artifact name in OUT that no
+export.json claims is an error, not overwritten.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from psta_jax.input.preprocess import clip_preparation
+from psta_jax.runtime import atomic_files
 from psta_jax.serving.errors import ServingInputError
 from psta_jax.training.trained_model import TrainedModel
 
@@ -40,6 +48,7 @@ PLATFORMS = ("cpu", "cuda", "tpu")
 SIGNATURE = "serving_default"
 INPUT_NAME, OUTPUT_NAME = "clips", "embeddings"
 BATCH = "b"
+ARTIFACTS = (EXPORTED_FILE, SAVED_MODEL_DIR)  # what an export may write besides export.json
 
 
 def embedding_function(
@@ -123,6 +132,34 @@ def save_saved_model(
     return path
 
 
+def earlier_export(out_dir: pathlib.Path) -> set[str]:
+    """The artifact names (of `ARTIFACTS`) an earlier export wrote in `out_dir`, from its
+    export.json. A ServingInputError when `out_dir` holds an artifact name no export.json
+    claims, or an export.json that is not one of ours: export overwrites only its own."""
+    manifest = out_dir / METADATA_FILE
+    present = [name for name in ARTIFACTS if (out_dir / name).exists()]
+    claimed: set[str] = set()
+    if manifest.exists():
+        try:
+            files = json.loads(manifest.read_text())["files"]
+            claimed = {name for name in files.values() if name in ARTIFACTS}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ServingInputError(
+                f"--out {out_dir}: {manifest} is not an export.json written by psta-export "
+                f"({type(error).__name__}: {error}); export writes only over its own files: "
+                "move it, or choose another --out"
+            ) from error
+    unclaimed = [name for name in present if name not in claimed]
+    if unclaimed:
+        raise ServingInputError(
+            f"--out {out_dir}: {' and '.join(unclaimed)} "
+            f"{'is' if len(unclaimed) == 1 else 'are'} there but no {METADATA_FILE} of an "
+            "earlier export lists it (not written by psta-export, or by an export that did not "
+            "finish); export writes only over its own files: move it, or choose another --out"
+        )
+    return claimed
+
+
 def export(
     model: TrainedModel,
     out_dir: str | pathlib.Path,
@@ -132,19 +169,42 @@ def export(
     saved_model: bool = True,
 ) -> dict[str, pathlib.Path]:
     """Writes the jax.export artifact, the SavedModel (unless `saved_model` is False) and
-    export.json into `out_dir`; returns their paths."""
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    export.json into `out_dir`, replacing an earlier export only once all are complete (see
+    the module docstring); returns their paths."""
+    out_dir = atomic_files.prepare_folder_target(out_dir, "--out")
+    earlier = earlier_export(out_dir)
     embed = embedding_function(model, l2_normalise=l2_normalise)
     exported = export_function(embed, model.clip_shape, platforms)
-    written = {"jax_exported": out_dir / EXPORTED_FILE}
-    written["jax_exported"].write_bytes(exported.serialize())
-    if saved_model:
-        written["saved_model"] = save_saved_model(
-            embed, model.clip_shape, out_dir / SAVED_MODEL_DIR, platforms
-        )
+    atomic_files.raise_if_stopped()
+    with atomic_files.staging_folder(out_dir, "the export in") as stage:
+        staged = {"jax_exported": stage / EXPORTED_FILE}
+        staged["jax_exported"].write_bytes(exported.serialize())
+        if saved_model:
+            staged["saved_model"] = save_saved_model(
+                embed, model.clip_shape, stage / SAVED_MODEL_DIR, platforms
+            )
+        metadata = _metadata(model, exported, l2_normalise, staged)
+        (stage / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+        atomic_files.raise_if_stopped()
+        for path in staged.values():
+            atomic_files.move_into_place(path, out_dir / path.name)
+        for name in sorted(earlier - {path.name for path in staged.values()}):
+            atomic_files.remove_output(out_dir / name)
+        atomic_files.move_into_place(stage / METADATA_FILE, out_dir / METADATA_FILE)
+    written = {name: out_dir / path.name for name, path in staged.items()}
+    written["metadata"] = out_dir / METADATA_FILE
+    return written
+
+
+def _metadata(
+    model: TrainedModel,
+    exported: jax.export.Exported,
+    l2_normalise: bool,
+    written: dict[str, pathlib.Path],
+) -> dict:
+    """export.json: shapes, platforms, the checkpoint, the files written, how to load them."""
     seq_len, height, width, _ = model.clip_shape
-    metadata = {
+    return {
         "input": {
             "name": INPUT_NAME,
             "shape": [None, seq_len, height, width, 3],
@@ -171,6 +231,3 @@ def export(
             f"({INPUT_NAME}=clips)['{OUTPUT_NAME}']",
         },
     }
-    written["metadata"] = out_dir / METADATA_FILE
-    written["metadata"].write_text(json.dumps(metadata, indent=2))
-    return written

@@ -7,7 +7,10 @@ dropped and, for `mars`-style protocols, the queries are put in front of it. A q
 sees gallery items of its own identity seen by its own camera (the evaluator's and Figure 5's
 rule); `exclude_same_camera` also hides every gallery item of the query's camera (for
 cross-camera search when identities are unknown). CMC/mAP always follow the protocol's rule:
-`exclude_same_camera` changes only the listed results.
+`exclude_same_camera` changes only the listed results. When no query has a true match in the
+gallery (its identity under another camera; usual when new video is labelled with new ids)
+CMC/mAP are undefined: the rankings stand and `SearchResult.note` says why there are no
+metrics.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ class SearchOptions:
 class SearchResult:
     """distances: (Q, G) float32 against `gallery` (the protocol's; `names` (G,) its items'
     names); ranked: the top-k entries per query and top_indices their rows of `gallery`;
-    metrics: the evaluator's result when identities are known, else None."""
+    metrics: the evaluator's result when identities are known, else None; note: why there
+    are no metrics although identities are known, else None."""
 
     protocol: str
     options: SearchOptions
@@ -63,6 +67,7 @@ class SearchResult:
     ranked: list[list[RetrievalEntry]]
     top_indices: list[np.ndarray]
     metrics: evaluation.EvalResult | None
+    note: str | None = None
 
 
 def choose_protocol(query: Embeddings, gallery: Embeddings, requested: str | None) -> str:
@@ -112,6 +117,15 @@ def gallery_names(
             for split, position in zip(ranked.split, ranked.position, strict=True)
         ]
     )
+
+
+def has_true_match(query: Embeddings, ranked: evaluation.RankedGallery) -> bool:
+    """Whether some query's identity is in the protocol's gallery under another camera (the
+    evaluator's true match; without one CMC/mAP are undefined)."""
+    for pid, camid in zip(query.pids, query.camids, strict=True):
+        if np.any((ranked.pids == pid) & (ranked.camids != camid)):
+            return True
+    return False
 
 
 def search(query: Embeddings, gallery: Embeddings, options: SearchOptions) -> SearchResult:
@@ -165,8 +179,14 @@ def search(query: Embeddings, gallery: Embeddings, options: SearchOptions) -> Se
                 for rank, i in enumerate(top, start=1)
             ]
         )
-    metrics = None
-    if labelled:
+    metrics, note = None, None
+    if labelled and not has_true_match(query, ranked_gallery):
+        note = (
+            "no CMC/mAP: no query has a true match in the gallery (the same pid under another "
+            "camera), so they are undefined; the rankings above stand. Expected when the "
+            "queries are new identities; otherwise check the pids and cameras of both files"
+        )
+    elif labelled:
         metrics = evaluation.evaluate(
             query.embeddings,
             gallery.embeddings,
@@ -188,6 +208,7 @@ def search(query: Embeddings, gallery: Embeddings, options: SearchOptions) -> Se
         ranked=ranked,
         top_indices=top_indices,
         metrics=metrics,
+        note=note,
     )
 
 

@@ -7,6 +7,10 @@
     OUT/rankings.csv          query, rank, gallery name, distance, pid, camera, match
 
 The page refers to the sheets by relative paths, so OUT can be moved or zipped as a whole.
+Everything is built in a staging folder inside OUT and moved into place at the end
+(`runtime.atomic_files`): a failure (a full or read-only disk) or Ctrl-C leaves an earlier
+page byte-identical. Sheets of an earlier search that this one does not draw are removed;
+other files in OUT are never touched.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from __future__ import annotations
 import csv
 import html
 import pathlib
+import re
 
 from psta_jax import evaluation
 from psta_jax.inspection import plot_retrieval
+from psta_jax.runtime import atomic_files
 from psta_jax.serving.embedding_file import Embeddings
 from psta_jax.serving.errors import ServingInputError
 from psta_jax.serving.ranking import SearchResult
@@ -25,6 +31,7 @@ from psta_jax.serving.tracklets import FrameReader
 SHEETS_DIR = "sheets"
 PAGE = "index.html"
 RANKINGS = "rankings.csv"
+_SHEET_FILE = re.compile(r"^query_\d{5}\.png$")  # the names sheet_name gives
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -70,6 +77,7 @@ def write_sheets(
     count = len(result.ranked) if max_sheets is None else min(max_sheets, len(result.ranked))
     paths = []
     for row in range(count):
+        atomic_files.raise_if_stopped()  # Ctrl-C between sheets
         entries = result.ranked[row]
         ranked_frames = [readers[e.split].frames(e.position, frames_per_tracklet) for e in entries]
         label = f"query {row}\n{query.names[row]}"
@@ -130,6 +138,8 @@ def page_html(query: Embeddings, result: SearchResult, sheets: int) -> str:
     ]
     if result.metrics is not None:
         parts.append(f"<pre>{esc(evaluation.format_report(result.metrics))}</pre>")
+    if result.note:
+        parts.append(f'<p class="note">{esc(result.note)}</p>')
     for row, entries in enumerate(result.ranked):
         known = (
             f" &middot; pid {query.pids[row]} &middot; camera {query.camids[row]}"
@@ -167,18 +177,48 @@ def write_report(
     frames_per_tracklet: int = 4,
     max_sheets: int | None = None,
 ) -> pathlib.Path:
-    """Sheets, rankings.csv and index.html into `out_dir`; returns the page's path."""
-    out_dir = pathlib.Path(out_dir)
-    (out_dir / SHEETS_DIR).mkdir(parents=True, exist_ok=True)
-    sheets = write_sheets(
-        query,
-        gallery,
-        result,
-        out_dir,
-        frames_per_tracklet=frames_per_tracklet,
-        max_sheets=max_sheets,
-    )
-    write_rankings_csv(query, result, out_dir / RANKINGS)
-    page = out_dir / PAGE
-    page.write_text(page_html(query, result, len(sheets)), encoding="utf-8")
-    return page
+    """Sheets, rankings.csv and index.html into `out_dir`, replacing an earlier page only once
+    the new one is complete (see the module docstring); returns the page's path."""
+    if frames_per_tracklet < 1:
+        raise ServingInputError(
+            f"frames per tracklet must be at least 1, got {frames_per_tracklet}"
+        )
+    if max_sheets is not None and max_sheets < 0:
+        raise ServingInputError(f"max sheets must be 0 or more, got {max_sheets}")
+    out_dir = atomic_files.prepare_folder_target(out_dir, "--out")
+    for name in (SHEETS_DIR, RANKINGS, PAGE):
+        kind_ok = pathlib.Path.is_dir if name == SHEETS_DIR else pathlib.Path.is_file
+        if (out_dir / name).exists() and not kind_ok(out_dir / name):
+            raise atomic_files.OutputError(
+                f"--out {out_dir}: {out_dir / name} exists and is not the "
+                f"{'folder' if name == SHEETS_DIR else 'file'} a search page writes there; "
+                "move it or choose another --out"
+            )
+    with atomic_files.staging_folder(out_dir, "the search page in") as stage:
+        (stage / SHEETS_DIR).mkdir()
+        sheets = write_sheets(
+            query,
+            gallery,
+            result,
+            stage,
+            frames_per_tracklet=frames_per_tracklet,
+            max_sheets=max_sheets,
+        )
+        write_rankings_csv(query, result, stage / RANKINGS)
+        (stage / PAGE).write_text(page_html(query, result, len(sheets)), encoding="utf-8")
+        atomic_files.raise_if_stopped()
+        _publish(stage, out_dir, {path.name for path in sheets})
+    return out_dir / PAGE
+
+
+def _publish(stage: pathlib.Path, out_dir: pathlib.Path, sheets: set[str]) -> None:
+    """Moves the staged sheets, rankings.csv and (last) the page into `out_dir`, and removes
+    sheets of an earlier search that the new page does not show."""
+    (out_dir / SHEETS_DIR).mkdir(exist_ok=True)
+    for name in sorted(sheets):
+        atomic_files.move_into_place(stage / SHEETS_DIR / name, out_dir / SHEETS_DIR / name)
+    for old in (out_dir / SHEETS_DIR).iterdir():
+        if _SHEET_FILE.match(old.name) and old.name not in sheets:
+            atomic_files.remove_output(old)
+    atomic_files.move_into_place(stage / RANKINGS, out_dir / RANKINGS)
+    atomic_files.move_into_place(stage / PAGE, out_dir / PAGE)

@@ -2,14 +2,17 @@
 input pipeline's `TrackletStore` with names; and the frames of one tracklet for display.
 
 A tracklet folder holds one sub-folder per tracklet with its frames as .jpg / .jpeg / .png
-files, in name order. Identities and cameras come from `labels.csv` beside the sub-folders
-(header `tracklet,pid,camera`, one row per sub-folder) or, without it, from sub-folder names
-`<pid>_<camera>_<anything>` (every name must match, else they stay unknown).
+files, in natural name order (runs of digits compare as numbers: 2.jpg before 10.jpg, as the
+dataset builders order frames). Identities and cameras come from `labels.csv` beside the
+sub-folders (header `tracklet,pid,camera`, one row per sub-folder; a UTF-8 byte-order mark is
+fine; a repeated row must repeat the same pid and camera) or, without it, from sub-folder
+names `<pid>_<camera>_<anything>` (every name must match, else they stay unknown).
 
 Bad input is a `ServingInputError` that names the folder or file: no sub-folders, a
-sub-folder without frames, a frame that does not decode, a labels.csv that does not cover the
-sub-folders. Tracklets shorter than the clip length are fine: the test sampler repeats frames
-(rrs and dense repeat the last frame / cycle, as on the datasets).
+sub-folder without frames, a frame that is not a JPEG or PNG by its first bytes (a WEBP or
+BMP file named .jpg) or does not decode, a labels.csv that does not cover the sub-folders or
+gives one tracklet two identities. Tracklets shorter than the clip length are fine: the test
+sampler repeats frames (rrs and dense repeat the last frame / cycle, as on the datasets).
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from psta_jax.datasets.raw_io import image_format
+from psta_jax.runtime import atomic_files
 from psta_jax.serving.errors import ServingInputError
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 LABELS_FILE = "labels.csv"
 LABEL_COLUMNS = ("tracklet", "pid", "camera")
 _NAME_LABELS = re.compile(r"^(-?\d+)_(\d+)_.+$")
+_DIGITS = re.compile(r"(\d+)")
 _DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
@@ -54,10 +60,16 @@ class TrackletFolder:
         return np.asarray([len(p) for p in self.frame_paths], np.int64)
 
 
+def natural_key(name: str) -> tuple:
+    """Sort key of a file name with its runs of digits compared as numbers: '2.jpg' before
+    '10.jpg', 'f9_b' before 'f10_a'; names equal as numbers ('01' / '1') keep name order."""
+    parts = _DIGITS.split(name)  # text, digits, text, ...: digits at odd positions
+    return (tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name)
+
+
 def _frames_in(folder: pathlib.Path) -> tuple[pathlib.Path, ...]:
-    return tuple(
-        sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
-    )
+    frames = (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
+    return tuple(sorted(frames, key=lambda p: natural_key(p.name)))
 
 
 def scan_folder(path: str | os.PathLike) -> TrackletFolder:
@@ -106,21 +118,32 @@ def _labels(root: pathlib.Path, names: Sequence[str]) -> tuple[np.ndarray | None
 
 
 def _read_labels_csv(path: pathlib.Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    with path.open(newline="") as file:
+    # utf-8-sig: spreadsheet programs start a CSV with a byte-order mark
+    with path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         if reader.fieldnames is None or any(c not in reader.fieldnames for c in LABEL_COLUMNS):
             raise ServingInputError(
                 f"{path}: expected a header with columns "
                 f"{','.join(LABEL_COLUMNS)}, got {reader.fieldnames}"
             )
-        rows = {}
+        rows: dict[str, tuple[int, int]] = {}
+        lines: dict[str, int] = {}
         for line, row in enumerate(reader, start=2):
             try:
-                rows[row["tracklet"]] = (int(row["pid"]), int(row["camera"]))
+                labels = (int(row["pid"]), int(row["camera"]))
             except (TypeError, ValueError) as error:
                 raise ServingInputError(
                     f"{path}, line {line}: pid and camera must be integers, got {row}"
                 ) from error
+            name = row["tracklet"]
+            if name in rows and rows[name] != labels:
+                raise ServingInputError(
+                    f"{path}: tracklet {name!r} has two rows that disagree: line {lines[name]} "
+                    f"(pid {rows[name][0]}, camera {rows[name][1]}) and line {line} (pid "
+                    f"{labels[0]}, camera {labels[1]}); keep one row per tracklet"
+                )
+            rows.setdefault(name, labels)
+            lines.setdefault(name, line)
     missing = [name for name in names if name not in rows]
     if missing:
         raise ServingInputError(
@@ -133,7 +156,21 @@ def _read_labels_csv(path: pathlib.Path, names: Sequence[str]) -> tuple[np.ndarr
 
 
 def _check_frame(path: pathlib.Path) -> bytes:
+    """The frame's bytes, once its first bytes say JPEG or PNG (what the input pipeline
+    decodes, whatever the file's name says) and PIL decodes it."""
     encoded = path.read_bytes()
+    if image_format(encoded) is None:
+        actual = _other_format(encoded)
+        if actual:
+            raise ServingInputError(
+                f"{path}: a {actual} image, not a JPEG or PNG image (by its first bytes, "
+                "whatever its name says); expected a JPEG or PNG image: convert it (e.g. with "
+                "PIL: Image.open(p).convert('RGB').save(q, 'JPEG'))"
+            )
+        raise ServingInputError(
+            f"{path}: unreadable frame ({len(encoded)} bytes starting with {encoded[:8]!r}); "
+            "expected a JPEG or PNG image"
+        )
     try:
         with Image.open(io.BytesIO(encoded)) as image:
             image.load()
@@ -145,13 +182,25 @@ def _check_frame(path: pathlib.Path) -> bytes:
     return encoded
 
 
+def _other_format(encoded: bytes) -> str | None:
+    """The format PIL recognises in `encoded` ('WEBP', 'BMP', ...), or None."""
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            return image.format
+    except Exception:  # not an image PIL knows
+        return None
+
+
 def read_store(folder: TrackletFolder):
     """Every frame's bytes as a `datasets.TrackletStore` (tracklet ids 0..N-1, pids and camids
     -1 when unknown); each frame is decoded once to check it."""
     from psta_jax import datasets  # noqa: PLC0415 (imports TensorFlow)
 
+    encoded = []
     with concurrent.futures.ThreadPoolExecutor(_DECODE_THREADS) as pool:
-        encoded = [list(pool.map(_check_frame, frames)) for frames in folder.frame_paths]
+        for frames in folder.frame_paths:
+            atomic_files.raise_if_stopped()  # Ctrl-C between tracklets
+            encoded.append(list(pool.map(_check_frame, frames)))
     return datasets.store_from_frames(encoded, folder.pids, folder.camids)
 
 

@@ -20,8 +20,10 @@ from flax import nnx
 from psta_jax import config_base, datasets
 from psta_jax.input import preprocess
 from psta_jax.input.pipeline import TrainBatches
+from psta_jax.interop import imagenet_weights
 from psta_jax.models import build_model
 from psta_jax.runtime import checkpointing, distributed, sharding, workdir, xla_cpu
+from psta_jax.runtime.errors import ConfigError
 from psta_jax.training import evaluator as evaluator_lib
 from psta_jax.training import losses, optimizer, steps
 from psta_jax.training import metric_writers as writers_lib
@@ -79,12 +81,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     tx, learning_rate = optimizer.create_optimizer(
         train_data.steps_per_epoch, **config.optimizer.to_dict()
     )
+    checkpoints = checkpointing.Checkpoints(root, max_to_keep=config.max_to_keep)
     model = build_model(config.model.to_dict(), num_classes, nnx.Rngs(config.seed))
-    _load_pretrained(model, config.pretrained, config.model)
+    _load_pretrained(model, config.pretrained, config.model, resume_step=checkpoints.latest_step())
     graphs, state = steps.create_train_state(model, tx, mesh)
     del model
     logging.info("trainable parameters: %s", f"{steps.count_trainable(state.params):,}")
-    checkpoints = checkpointing.Checkpoints(root, max_to_keep=config.max_to_keep)
     restored = checkpoints.restore_latest({"model": state.model_variables(), "opt": _opt(state)})
     if restored is not None:
         state = _with_restored(state, restored[1], mesh)
@@ -152,13 +154,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
             pending.append(step_metrics)
             is_last = step == schedule.total_steps
             checkpoint_now = step % schedule.checkpoint_every == 0 or is_last
-            if step % schedule.log_every == 0 or checkpoint_now:
-                _write_train_metrics(writer, step, pending, learning_rate)  # waits for the step
+            eval_now = step % schedule.eval_every == 0 or is_last
+            # The metrics are read (and a non-finite step raises) before any evaluation or save.
+            if step % schedule.log_every == 0 or checkpoint_now or eval_now:
+                _write_train_metrics(writer, step, pending, learning_rate, state)  # waits
                 pending = []
             for hook in hooks:  # after the wait: the progress line measures finished steps
                 hook(step)
             evaluated = None
-            if step % schedule.eval_every == 0 or is_last:
+            if eval_now:
                 with report_progress.timed("eval"):
                     metrics = _evaluate(evaluator, embed_fn, state, step, checkpoints)
                 evaluated = _eval_scalars(metrics)
@@ -179,18 +183,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     return metrics
 
 
-def _load_pretrained(model: nnx.Module, pretrained: str, model_config) -> None:
-    if pretrained:
-        from psta_jax.interop import load_torchvision_resnet50  # noqa: PLC0415 (imports torch)
-
-        load_torchvision_resnet50(pretrained, model)
-        logging.info("backbone initialised from %s", pretrained)
-    elif model_config.depth == 50 and model_config.width == 64:
-        logging.warning(
-            "training the full ResNet-50 from RANDOM weights (config.pretrained is empty); the "
-            "paper's numbers need torchvision's ImageNet weights: "
-            "--config.pretrained=/path/to/resnet50-0676ba61.pth"
+def _load_pretrained(
+    model: nnx.Module, pretrained: str, model_config, *, resume_step: int | None = None
+) -> None:
+    """Loads `config.pretrained` into the backbone: "imagenet" (the ResNet-50 backbone only;
+    another backbone keeps its random weights), "none" / "" (random weights) or a .pth path
+    (the ResNet-50 backbone only). Each process resolves the value itself: a download is
+    renamed into the cache atomically (`interop.imagenet_weights`). Nothing is resolved or
+    loaded when the run resumes (`resume_step`, the workdir's latest checkpoint): the
+    checkpoint's weights replace the model's."""
+    if resume_step is not None:
+        logging.info(
+            "the workdir holds checkpoints to resume from (latest step %d): "
+            "config.pretrained=%r is not loaded",
+            resume_step,
+            pretrained,
         )
+        return
+    resnet50 = model_config.depth == 50 and model_config.width == 64
+    backbone = f"depth {model_config.depth}, width {model_config.width}"
+    choice = imagenet_weights.kind(pretrained)
+    if choice == imagenet_weights.IMAGENET and not resnet50:
+        logging.info(
+            "config.pretrained='imagenet' applies to the ResNet-50 backbone; this one (%s) "
+            "starts from random weights",
+            backbone,
+        )
+        return
+    if choice == imagenet_weights.PATH and not resnet50:
+        raise ConfigError(
+            f"config.pretrained={pretrained!r}: torchvision ResNet-50 weights need the ResNet-50 "
+            f"backbone (config.model.depth=50, width=64), not {backbone}; use "
+            "--config.pretrained=none for random weights"
+        )
+    weights = imagenet_weights.locate_pretrained(pretrained)
+    if weights is None:
+        if resnet50:
+            logging.warning(
+                "training the full ResNet-50 from RANDOM weights, as config.pretrained=%r asks; "
+                "the paper's numbers need torchvision's ImageNet weights: "
+                "--config.pretrained=imagenet (the default) or a path to the .pth file",
+                pretrained,
+            )
+        return
+    from psta_jax.interop import load_torchvision_resnet50  # noqa: PLC0415 (imports torch)
+
+    load_torchvision_resnet50(imagenet_weights.read_weights(weights), model)
+    logging.info("backbone initialised from %s", weights.path)
 
 
 def _evaluate(
@@ -232,18 +271,28 @@ def _with_restored(state: steps.TrainState, items: Mapping, mesh) -> steps.Train
 
 
 def _write_train_metrics(
-    writer: metric_writers.MetricWriter, step: int, pending: list[dict], learning_rate
+    writer: metric_writers.MetricWriter,
+    step: int,
+    pending: list[dict],
+    learning_rate,
+    state: steps.TrainState,
 ) -> None:
-    """The means of the steps since the last write; stops at a non-finite loss."""
+    """The means of the steps since the last write; stops at a step whose loss, parameters or
+    BatchNorm statistics were not finite, naming the first such tensor (from `state`'s
+    structure)."""
     host = jax.device_get(pending)
     finite = np.array([m["finite"] for m in host])
     if not finite.all():
-        bad = step - len(host) + 1 + int(np.argmin(finite))
+        first = int(np.argmin(finite))
+        bad = step - len(host) + 1 + first
+        tensor = steps.guarded_names(state)[int(host[first][steps.FIRST_NON_FINITE])]
         raise steps.NonFiniteLossError(
-            f"the loss became non-finite at step {bad}; training stopped. The parameters and "
-            "checkpoints keep the last finite step. Lower the learning rate or check the inputs."
+            f"training became non-finite at step {bad} (first NaN or inf in {tensor}); "
+            "training stopped. The parameters and checkpoints keep the last finite step. "
+            "Lower the learning rate or check the inputs."
         )
-    means = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
+    not_logged = ("finite", steps.FIRST_NON_FINITE)
+    means = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k not in not_logged}
     means["learning_rate"] = float(learning_rate(step - 1))
     writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
 

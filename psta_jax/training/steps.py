@@ -35,7 +35,13 @@ LossFn = Callable[
 
 
 class NonFiniteLossError(UserError, RuntimeError):
-    """The loss became NaN or infinite; the state and checkpoints keep the last good step."""
+    """The loss, a new parameter or a new BatchNorm statistic became NaN or infinite; the state
+    and checkpoints keep the last good step."""
+
+
+# metrics[FIRST_NON_FINITE]: the index, in `guarded_names`, of the first tensor of a step that
+# was not finite (meaningful only where metrics['finite'] == 0). An index, not a scalar to log.
+FIRST_NON_FINITE = "first_non_finite"
 
 
 @flax.struct.dataclass
@@ -92,8 +98,12 @@ def train_step(
     rectangles) that it turns into flipped, normalised, erased clips on the device
     (preprocess.finish_clips).
 
-    When the loss is not finite the returned state equals the input state (the host raises
-    NonFiniteLossError on seeing metrics['finite'] == 0), so no NaN ever reaches a checkpoint.
+    metrics['finite'] is 0 when the loss, a new parameter or a new model_state leaf (BatchNorm
+    means and variances) is not finite, and metrics[FIRST_NON_FINITE] indexes the first such
+    tensor in `guarded_names` (one reduction per tensor). The loop reads them before any
+    evaluation or save and raises NonFiniteLossError naming the step and the tensor, so no NaN
+    or inf reaches a checkpoint. When the loss itself is not finite the returned state equals
+    the input state.
     With `log_grad_norm`, the metrics hold the gradients' global L2 norm ('grad_norm'): one
     reduction per parameter, ~111 small kernels per step on a GPU.
     """
@@ -113,8 +123,13 @@ def train_step(
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
 
-    finite = jnp.isfinite(loss)
-    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    # The state falls back on the loss alone; the flags of every new tensor are outputs only
+    # (selecting on them too made XLA's CPU compile of the demo's step 5x slower), read on the
+    # host before any checkpoint is written.
+    loss_finite = jnp.isfinite(loss)
+    flags = _finite_flags(loss, new_params, new_model_state)
+    finite = jnp.all(flags)
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(loss_finite, new, old))
     new_state = TrainState(
         step=state.step + 1,
         params=keep(new_params, state.params),
@@ -126,10 +141,48 @@ def train_step(
         "ce": parts["ce"],
         "triplet": parts["triplet"],
         "finite": finite.astype(jnp.float32),
+        FIRST_NON_FINITE: jnp.argmin(flags).astype(jnp.int32),
     }
     if log_grad_norm:
         metrics["grad_norm"] = optax.tree.norm(grads)
     return new_state, metrics
+
+
+def _guarded_leaves(loss: Any, params: Any, model_state: Any) -> list[tuple[str, Any]]:
+    """(name, tensor) of what the step's guard checks, in a fixed order: the loss, then every
+    floating-point leaf of model_state and params ('model_state/base/layer1/0/bn1/var')."""
+    tree = {"loss": loss, "model_state": model_state, "params": params}
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [(_path_name(path), x) for path, x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
+
+
+def _path_name(path: tuple) -> str:
+    parts = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            parts.append(str(key.key))
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            parts.append(str(key.idx))
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            if key.name != "value":  # an nnx Variable's array
+                parts.append(key.name)
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def _finite_flags(loss: jax.Array, params: nnx.State, model_state: nnx.State) -> jax.Array:
+    """(N,) bool: whether each tensor of `_guarded_leaves` is finite (one reduction each)."""
+    leaves = _guarded_leaves(loss, params, model_state)
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for _, x in leaves])
+
+
+def guarded_names(state: TrainState) -> list[str]:
+    """The names of the tensors the step's guard checks, in the order metrics[FIRST_NON_FINITE]
+    indexes: 'loss', then 'model_state/...' and 'params/...' paths (only the structure of
+    `state` is read)."""
+    loss = np.zeros((), np.float32)
+    return [name for name, _ in _guarded_leaves(loss, state.params, state.model_state)]
 
 
 def embed(

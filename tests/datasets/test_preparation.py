@@ -164,7 +164,7 @@ def test_regenerated_synthetic_data_is_prepared_again(tmp_path):
     out = str(tmp_path / "synthetic_mars")
     synthetic.ensure(out, CONFIG)
     first = datasets.reid_info(datasets.build("mars", data_dir=str(tmp_path), raw_dir=out))
-    synthetic.ensure(out, dataclasses.replace(CONFIG, num_train_ids=5))
+    synthetic.replace(out, dataclasses.replace(CONFIG, num_train_ids=5))  # --overwrite
     second = datasets.reid_info(datasets.build("mars", data_dir=str(tmp_path), raw_dir=out))
     assert (first.num_train_ids, second.num_train_ids) == (4, 5)
 

@@ -8,9 +8,10 @@ import pytest
 import scipy.io
 import tensorflow_datasets as tfds
 
-from psta_jax import datasets
-from psta_jax.datasets import synthetic
+from psta_jax import config_base, datasets
+from psta_jax.datasets import loading, synthetic
 from psta_jax.datasets.mars import layout
+from psta_jax.runtime.errors import ConfigError
 
 SMALL = synthetic.SyntheticConfig(
     seed=3, num_train_ids=4, num_test_ids=5, num_unmatched_ids=1, num_distractor_tracklets=2,
@@ -114,14 +115,19 @@ def test_mars_builder_reads_synthetic_data(small_raw, tmp_path):
     assert sum(not m for m in matched) == 2  # Seen once in each of two cameras.
 
 
-def test_ensure_skips_same_config_and_replaces_other(tmp_path):
+def test_ensure_generates_once_and_never_replaces_another_config(tmp_path):
     out = str(tmp_path / "syn")
     assert synthetic.ensure(out, SMALL)
     assert not synthetic.ensure(out, SMALL)
     first = datasets.build("mars", data_dir=str(tmp_path), raw_dir=out)
     assert datasets.reid_info(first).num_train_ids == SMALL.num_train_ids
-    assert synthetic.ensure(out, dataclasses.replace(SMALL, num_train_ids=5))
-    # The prepared copy follows the regenerated raw data (its info/ files changed).
+    other = dataclasses.replace(SMALL, num_train_ids=5)
+    before = _all_files(out)
+    with pytest.raises(synthetic.SyntheticConfigMismatchError, match="num_train_ids 4 -> 5"):
+        synthetic.ensure(out, other)
+    assert _all_files(out) == before
+    # Only the explicit command regenerates; the prepared copy follows (its info/ changed).
+    synthetic.replace(out, other)
     again = datasets.build("mars", data_dir=str(tmp_path), raw_dir=out)
     assert datasets.reid_info(again).num_train_ids == 5
     assert again.info.splits["train"].num_examples == len(
@@ -132,8 +138,25 @@ def test_ensure_skips_same_config_and_replaces_other(tmp_path):
     (plain / "keep.txt").write_text("user data")
     with pytest.raises(FileExistsError, match="not empty"):
         synthetic.ensure(str(plain), SMALL)
+    assert (plain / "keep.txt").read_text() == "user data"
 
 
 def test_invalid_config_is_rejected():
     with pytest.raises(ValueError, match="num_cameras"):
         synthetic.SyntheticConfig(num_cameras=1).validate()
+
+
+def test_config_sizes_change_the_generated_dataset(tmp_path):
+    assert synthetic.config_with({}) == synthetic.SyntheticConfig()
+    assert synthetic.config_with({"num_test_ids": 5}).num_test_ids == 5
+    with pytest.raises(ConfigError, match=r"synthetic_sizes: unknown field\(s\) \['test_ids'\]"):
+        synthetic.config_with({"test_ids": 5})
+    with pytest.raises(ConfigError, match="synthetic_sizes:.*num_cameras"):
+        synthetic.config_with({"num_cameras": 1})
+    # A config's synthetic_sizes reach the generator through the dataset spec.
+    config = config_base.dataset_config("mars", None, raw_dir=str(tmp_path / "syn"), synthetic=True)
+    config.data_dir = str(tmp_path)
+    config.dataset.synthetic_sizes = dict(dataclasses.asdict(SMALL), num_train_ids=3)
+    spec = config_base.dataset_spec(config)
+    builder = loading.prepare(spec)
+    assert datasets.reid_info(builder).num_train_ids == 3

@@ -237,3 +237,15 @@ def test_eval_settings_check_their_fields():
         evaluation.EvalSettings(protocol="market")
     with pytest.raises(ValueError, match="distance must be one of"):
         evaluation.EvalSettings(distance="manhattan")
+
+
+def test_expected_range_note_says_inside_or_outside():
+    metrics = {"mAP": 0.4731, "rank1": 0.52}
+    note = evaluation.expected_range_note(
+        metrics, {"mAP": (44.9, 49.6), "rank1": (45.0, 51.0)}, "README"
+    )
+    assert note.startswith("outside the expected range:")
+    assert "mAP 47.31 inside the expected 44.90-49.60" in note
+    assert "rank1 52.00 OUTSIDE the expected 45.00-51.00" in note and note.endswith("(README)")
+    note = evaluation.expected_range_note(metrics, {"mAP": (47.3, 47.4)})
+    assert note == "as expected: mAP 47.31 inside the expected 47.30-47.40"

@@ -137,8 +137,14 @@ def test_dense_cap_keeps_a_seeded_contiguous_run():
     np.testing.assert_array_equal(clips[:, 1] - clips[:, 0], np.full(200, 1125))
     np.testing.assert_array_equal(clips, samplers.dense(length, T, _rng(7)))
     firsts = {int(samplers.dense(length, T, _rng(s))[0, 0]) for s in range(20)}
-    assert len(firsts) > 1 and max(firsts) <= 1125 - 200
-    assert samplers.dense(1608, T, _rng(0)).shape == (200, T)  # 201 clips -> capped
+    assert len(firsts) > 1 and max(firsts) <= 1125 - 200 - 1
+    # The release's range {0..I - 200 - 1}: 201 clips always keep clips 0..199, 202 clips
+    # start at 0 or 1, never 2.
+    for seed in range(20):
+        capped = samplers.dense(1608, T, _rng(seed))
+        assert capped.shape == (200, T) and capped[0, 0] == 0
+    starts = {int(samplers.dense(1616, T, _rng(s))[0, 0]) for s in range(40)}
+    assert starts == {0, 1}
     assert samplers.dense(length, T, max_clips=None).shape == (1125, T)
 
 

@@ -310,6 +310,7 @@ def test_cli_writes_the_table_and_every_figure(workdirs, tmp_path):
     # Two STAM stages cost compute the baseline does not spend.
     assert float(table["full"]["gflops_per_clip"]) > float(table["baseline"]["gflops_per_clip"])
 
+    assert (out / "curves.png").read_bytes()[:8] == PNG_MAGIC  # both runs' learning curves
     for preset in PRESETS:
         for figure in FIGURES:
             path = out / f"{preset}_{figure}.png"
@@ -353,7 +354,7 @@ def test_notebook_runs_headless_on_the_runs(workdirs, tmp_path, monkeypatch):
     outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     images = [out for out in outputs if "image/png" in out.get("data", {})]
-    assert len(images) == len(FIGURES) * len(PRESETS)
+    assert len(images) == len(FIGURES) * len(PRESETS) + 1  # and the learning curves
     tables = [
         out["data"]["text/markdown"] for out in outputs if "text/markdown" in out.get("data", {})
     ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import sys
+import tarfile
 
 import jax
 import numpy as np
@@ -18,7 +20,7 @@ from psta_jax.interop import (
     load_torchvision_resnet50,
     torch_name,
 )
-from psta_jax.interop.torch_import import to_flax
+from psta_jax.interop.torch_import import NotATorchCheckpointError, check_torch_checkpoint, to_flax
 from psta_jax.models import PSTA
 from tests import reference_data
 from tests.helpers.tiny import TINY, forward, tiny_clips, tiny_model
@@ -137,3 +139,28 @@ def test_torchvision_resnet50_loads_into_the_backbone():
     del state_dict["layer4.2.bn3.running_mean"]
     with pytest.raises(WeightImportError, match="layer4.2.bn3.running_mean"):
         load_torchvision_resnet50(state_dict, model.base)
+
+
+def _tar(path, *names):
+    with tarfile.open(path, "w:") as tar:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"data"))
+
+
+def test_tar_archives_are_refused_and_the_legacy_format_is_named(tmp_path):
+    legacy, other = tmp_path / "legacy.pth", tmp_path / "photos.tar"
+    _tar(legacy, "sys_info", "pickle", "storages", "tensors")
+    _tar(other, "photo.jpg")
+    with pytest.raises(NotATorchCheckpointError) as error:
+        check_torch_checkpoint(legacy)
+    message = str(error.value)
+    for text in (
+        "legacy tar format",
+        "pinned by their SHA-256",
+        "torch.save(state_dict, new_path)",
+    ):
+        assert text in message, text
+    with pytest.raises(NotATorchCheckpointError, match="is a tar archive but not a PyTorch"):
+        check_torch_checkpoint(other)

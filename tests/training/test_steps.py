@@ -14,7 +14,7 @@ from flax import nnx
 from psta_jax import config_base
 from psta_jax.models import FrozenParam, build_model
 from psta_jax.runtime import sharding
-from psta_jax.training import losses, optimizer, steps
+from psta_jax.training import loop, losses, optimizer, steps
 from tests.conftest import REPO_ROOT
 from tests.helpers.tiny import tiny_batch, tiny_model_config
 
@@ -101,6 +101,91 @@ def test_non_finite_loss_keeps_the_state(setup):
         jax.tree.leaves(before.model_state), jax.tree.leaves(after.model_state), strict=True
     ):
         np.testing.assert_array_equal(x, np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def huge_learning_rate_steps(setup):
+    """Two steps at learning rate 1e6 from the setup's state: the first is finite; in the
+    second the loss stays finite (~1e13) while BatchNorm running variances overflow to inf.
+    (the first step's state on the host, both steps' metrics, the second's state)"""
+    config, _, mesh, graphs, state, _ = setup
+    huge = config.optimizer.to_dict() | {"learning_rate": 1e6}
+    tx, _ = optimizer.create_optimizer(1, **huge)
+    step = steps.compile_train_step(
+        graphs, tx, losses.bound_psta_loss(NUM_CLASSES, **config.loss.to_dict()), mesh
+    )
+    first, first_metrics = step(
+        jax.tree.map(jnp.copy, state), sharding.shard_batch(tiny_batch(seed=0), mesh)
+    )
+    assert float(first_metrics["finite"]) == 1.0
+    before = steps.tree_to_host(first)
+    second, metrics = step(first, sharding.shard_batch(tiny_batch(seed=1), mesh))
+    return before, (first_metrics, metrics), second
+
+
+def test_overflowing_batch_norm_statistics_are_flagged(huge_learning_rate_steps):
+    """The loss stays finite, a BatchNorm variance does not: the step flags it and names it
+    (the loop then stops before any evaluation or save, test_host_error_...)."""
+    before, (_, metrics), after = huge_learning_rate_steps
+    assert np.isfinite(float(metrics["loss"])), "the loss-only guard would have let it through"
+    assert float(metrics["finite"]) == 0.0
+    name = steps.guarded_names(after)[int(metrics[steps.FIRST_NON_FINITE])]
+    assert name.startswith("model_state/") and name.endswith("/var"), name
+    assert int(after.step) == int(before.step) + 1
+
+
+def test_host_error_names_the_step_and_the_tensor(huge_learning_rate_steps):
+    _, (first_metrics, metrics), state = huge_learning_rate_steps
+    name = steps.guarded_names(state)[int(metrics[steps.FIRST_NON_FINITE])]
+    with pytest.raises(steps.NonFiniteLossError, match=f"at step 8 .*{name}"):
+        loop._write_train_metrics(None, 8, [first_metrics, metrics], lambda s: 0.1, state)
+
+
+def test_guard_index_is_not_logged(setup):
+    _, _, mesh, _, state, step = setup
+    _, metrics = step(jax.tree.map(jnp.copy, state), sharding.shard_batch(tiny_batch(), mesh))
+
+    class Writer:
+        def write_scalars(self, step, scalars):
+            self.scalars = scalars
+
+    writer = Writer()
+    loop._write_train_metrics(writer, 1, [metrics], lambda s: 0.1, state)
+    assert set(writer.scalars) == {
+        "train/loss",
+        "train/ce",
+        "train/triplet",
+        "train/grad_norm",
+        "train/learning_rate",
+    }
+
+
+def test_guarded_names_follow_the_state():
+    model = build_model(tiny_model_config(), NUM_CLASSES, nnx.Rngs(0))
+    _, params, model_state = steps.split_model(model)
+    state = steps.TrainState(jnp.zeros((), jnp.int32), params, model_state, ())
+    names = steps.guarded_names(state)
+    assert names[0] == "loss"
+    assert "model_state/base/layer1/0/bn1/var" in names
+    assert "params/base/conv1/kernel" in names, [n for n in names if "conv1" in n][:3]
+    assert len(names) == len(set(names)) == 1 + len(jax.tree.leaves((params, model_state)))
+
+
+def test_normal_step_is_bit_identical_to_the_loss_only_guard(setup, monkeypatch):
+    """The guard over every tensor changes nothing in a finite step."""
+    config, tx, mesh, graphs, state, step = setup
+    batch = sharding.shard_batch(tiny_batch(num_ids=2, per_id=2), mesh)
+    guarded, metrics = step(jax.tree.map(jnp.copy, state), batch)
+    monkeypatch.setattr(steps, "_finite_flags", lambda loss, *_: jnp.isfinite(loss)[None])
+    loss_only_step = steps.compile_train_step(
+        graphs, tx, losses.bound_psta_loss(NUM_CLASSES, **config.loss.to_dict()), mesh
+    )
+    reference, ref_metrics = loss_only_step(jax.tree.map(jnp.copy, state), batch)
+    assert float(metrics["finite"]) == float(ref_metrics["finite"]) == 1.0
+    for x, y in zip(jax.tree.leaves(reference), jax.tree.leaves(guarded), strict=True):
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+    for key in ("loss", "ce", "triplet", "grad_norm"):
+        assert float(metrics[key]) == float(ref_metrics[key]), key
 
 
 def test_step_without_grad_norm_metric_takes_the_same_step(setup):
