@@ -32,6 +32,7 @@ with another config stops it with `SyntheticConfigMismatchError`. Only `psta-syn
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -544,24 +545,15 @@ def _move_entries(source: str, target: str) -> None:
         os.rename(os.path.join(source, name), os.path.join(target, name))
 
 
-def generate(out: str, config: SyntheticConfig = SyntheticConfig()) -> dict[str, int]:
-    """Writes the synthetic dataset to the new (or empty) folder `out`; returns its statistics.
-
-    Files are written to a new folder `<out>.partial-<random>` first and moved into place at
-    the end, so an interrupted run never leaves a half-written `out` behind. An existing
-    empty `out` is kept (filled, not replaced); no other folder is touched.
-    """
-    config.validate()
-    _check_new_or_empty(out)
+@contextlib.contextmanager
+def _partial_folder(out: str) -> Iterator[str]:
+    """A new folder of the generator's own beside `out` to write into, removed afterwards
+    (what was moved into place is gone from it); an OS error while writing becomes one
+    `_write_error` message naming `out` and its free space."""
     partial = None
     try:
         partial = _own_folder(out, "partial")
-        stats = _write_dataset(partial, config)
-        _check_new_or_empty(out)  # Again: nothing appeared meanwhile.
-        if os.path.isdir(out):
-            _move_entries(partial, out)
-        else:
-            os.rename(partial, out)
+        yield partial
     except OSError as error:
         if isinstance(error, UserError):
             raise
@@ -574,6 +566,24 @@ def generate(out: str, config: SyntheticConfig = SyntheticConfig()) -> dict[str,
     finally:
         if partial is not None:
             _remove_own(partial)
+
+
+def generate(out: str, config: SyntheticConfig = SyntheticConfig()) -> dict[str, int]:
+    """Writes the synthetic dataset to the new (or empty) folder `out`; returns its statistics.
+
+    Files are written to a new folder `<out>.partial-<random>` first and moved into place at
+    the end, so an interrupted run never leaves a half-written `out` behind. An existing
+    empty `out` is kept (filled, not replaced); no other folder is touched.
+    """
+    config.validate()
+    _check_new_or_empty(out)
+    with _partial_folder(out) as partial:
+        stats = _write_dataset(partial, config)
+        _check_new_or_empty(out)  # Again: nothing appeared meanwhile.
+        if os.path.isdir(out):
+            _move_entries(partial, out)
+        else:
+            os.rename(partial, out)
     return stats
 
 
@@ -595,10 +605,8 @@ def replace(out: str, config: SyntheticConfig) -> dict[str, int]:
     if foreign:
         difference = _config_difference(out, config)
         raise _refuse(out, f"holds a synthetic dataset ({difference})", foreign)
-    partial = None
     previous = None
-    try:
-        partial = _own_folder(out, "partial")
+    with _partial_folder(out) as partial:
         stats = _write_dataset(partial, config)
         previous = _own_folder(out, "previous")
         try:
@@ -613,18 +621,6 @@ def replace(out: str, config: SyntheticConfig) -> dict[str, int]:
             os.rename(previous, out)  # Put the old dataset back.
             previous = None
             raise
-    except OSError as error:
-        if isinstance(error, UserError):
-            raise
-        if partial is not None:
-            _remove_own(partial)  # First, so the message counts the space it held as free.
-        fault = _write_error(out, error)
-        if fault is None:
-            raise
-        raise fault from error
-    finally:
-        if partial is not None:
-            _remove_own(partial)
     left = foreign_files(previous)
     if left:  # Changed while the new one was written: kept.
         logging.warning(
