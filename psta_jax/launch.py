@@ -7,7 +7,10 @@ they are stopped together if one fails.
 Each process runs `python -m psta_jax.main <flags after -->` with PSTA_COORDINATOR_ADDRESS,
 PSTA_NUM_PROCESSES, PSTA_PROCESS_ID and PSTA_CPU_DEVICES set (see psta_jax.runtime.distributed).
 Output lines are prefixed with `[pI]`. When any process exits non-zero (or is killed), the
-others are terminated and the launcher exits non-zero, naming the process that died.
+others are terminated and the launcher exits non-zero, naming the process that died. A
+SIGTERM, SIGHUP or SIGINT sent to the launcher (a scheduler's stop, a closed terminal,
+Ctrl-C) is forwarded to every process; the launcher waits for them (SIGKILL after
+10 s) and exits 128 + the signal's number, so no process outlives it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,20 @@ from absl import flags
 from psta_jax.runtime import cli, errors
 
 _GRACE_SECONDS = 10.0
+_FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+class _StopRequested(Exception):
+    """The launcher received one of `_FORWARDED_SIGNALS`."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stop_requested(signum: int, frame) -> None:
+    del frame
+    raise _StopRequested(signum)
 
 
 def free_port() -> int:
@@ -42,10 +59,11 @@ def _pump(stream, prefix: str, out) -> None:
     stream.close()
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
+def _stop(processes: list[subprocess.Popen], signum: int = signal.SIGTERM) -> None:
+    """Sends `signum` to the live processes and waits for them; SIGKILL after the grace time."""
     for proc in processes:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
     deadline = time.monotonic() + _GRACE_SECONDS
     for proc in processes:
         remaining = max(deadline - time.monotonic(), 0.1)
@@ -70,28 +88,40 @@ def launch(
     address = f"127.0.0.1:{free_port()}"
     procs: list[subprocess.Popen] = []
     pumps: list[threading.Thread] = []
-    for index in range(processes):
-        env = dict(os.environ)
-        env.update(
-            PSTA_COORDINATOR_ADDRESS=address,
-            PSTA_NUM_PROCESSES=str(processes),
-            PSTA_PROCESS_ID=str(index),
-            PSTA_CPU_DEVICES=str(devices_per_process),
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, *main_args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        procs.append(proc)
-        pump = threading.Thread(target=_pump, args=(proc.stdout, f"[p{index}] ", sys.stdout))
-        pump.daemon = True
-        pump.start()
-        pumps.append(pump)
-
+    # The workers run in their own sessions (a terminal's Ctrl-C reaches only the launcher),
+    # so the launcher passes a stop on. A signal that arrives while they start is kept and
+    # acted on once they all exist.
+    handles_signals = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.getsignal(s) for s in _FORWARDED_SIGNALS} if handles_signals else {}
+    received: list[int] = []
+    for signum in previous:
+        signal.signal(signum, lambda signum, frame: received.append(signum))
     try:
+        for index in range(processes):
+            env = dict(os.environ)
+            env.update(
+                PSTA_COORDINATOR_ADDRESS=address,
+                PSTA_NUM_PROCESSES=str(processes),
+                PSTA_PROCESS_ID=str(index),
+                PSTA_CPU_DEVICES=str(devices_per_process),
+            )
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, *main_args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            procs.append(proc)
+            pump = threading.Thread(
+                target=_pump, args=(proc.stdout, f"[p{index}] ", sys.stdout), daemon=True
+            )
+            pump.start()
+            pumps.append(pump)
+        for signum in previous:
+            signal.signal(signum, _raise_stop_requested)
+        if received:
+            raise _StopRequested(received[0])
         while True:
             codes = [p.poll() for p in procs]
             failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
@@ -107,10 +137,22 @@ def launch(
             if all(c == 0 for c in codes):
                 return 0
             time.sleep(poll_seconds)
-    except KeyboardInterrupt:
+    except _StopRequested as stop:
+        for signum in previous:  # a second signal must not cut the wait short
+            signal.signal(signum, signal.SIG_IGN)
+        live = sum(p.poll() is None for p in procs)
+        sys.stderr.write(
+            f"launch: received {signal.Signals(stop.signum).name}; forwarding it to {live} "
+            "process(es) and waiting for them\n"
+        )
+        _stop(procs, stop.signum)
+        return 128 + stop.signum
+    except BaseException:  # e.g. a process that could not start: stop the ones that did
         _stop(procs)
-        return 130
+        raise
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         for pump in pumps:
             pump.join(timeout=1.0)
 

@@ -15,7 +15,7 @@ import pytest
 
 from psta_jax.datasets import raw_io, synthetic
 from tests.conftest import REPO_ROOT
-from tests.helpers.files import snapshot
+from tests.helpers.files import hold_training_lock, snapshot
 
 pytestmark = [pytest.mark.xdist_group("train_e2e"), pytest.mark.slow]
 
@@ -349,3 +349,16 @@ def test_config_errors_are_one_message(tmp_path, config_flags, expected):
     )  # fmt: skip
     assert_clean_failure(result, "error:", expected, code=2)  # a usage error, as a bad flag
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_second_training_in_the_same_workdir_stops_and_leaves_the_first_intact(trained):
+    data_dir, workdir = trained
+    holder = hold_training_lock(workdir)  # stands in for a training still running there
+    try:
+        before = snapshot(workdir)
+        result = _main(workdir, data_dir, *TRAIN_FLAGS, "--config.num_train_steps=6", timeout=300)
+        assert_clean_failure(result, "another training is running", f"process {holder.pid}")
+        assert snapshot(workdir) == before
+    finally:
+        holder.kill()
+        holder.wait()

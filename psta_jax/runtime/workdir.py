@@ -5,6 +5,7 @@
     <workdir>/metrics.jsonl        every logged scalar (`training.metric_writers`)
     <workdir>/results.json         the final evaluation of a training run
     <workdir>/eval_results.json    the evaluation of `--config.mode=evaluate`
+    <workdir>/.training.lock       held by the one training that runs in the workdir
 
 This module is the one reader and writer of config.json; a converted release checkpoint
 (`python -m psta_jax.interop.convert`) holds one too. A checkpoint's identity (a hash of
@@ -13,11 +14,16 @@ config.json and the step) tells embedding files of different models apart.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import socket
+import sys
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ml_collections
@@ -29,6 +35,7 @@ CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 EVAL_RESULTS_FILE = "eval_results.json"
 RESULT_FILES = (RESULTS_FILE, EVAL_RESULTS_FILE)
+LOCK_FILE = ".training.lock"
 
 # Model fields that change only how the arrays are computed, not which arrays exist.
 _COMPUTE_ONLY_FIELDS = ("dtype", "remat")
@@ -36,6 +43,10 @@ _COMPUTE_ONLY_FIELDS = ("dtype", "remat")
 
 class WorkdirError(UserError, OSError):
     """The workdir cannot be created or written."""
+
+
+class WorkdirBusyError(WorkdirError):
+    """Another training holds the workdir."""
 
 
 class RunConfigError(UserError, FileNotFoundError):
@@ -68,6 +79,54 @@ def check_writable(workdir: str | os.PathLike) -> None:
             f"cannot write to the workdir {workdir}: {error.strerror or error}. Choose a "
             "writable --workdir (its parent folders are created as needed)."
         ) from error
+
+
+@contextlib.contextmanager
+def training_lock(workdir: str | os.PathLike) -> Iterator[None]:
+    """Holds `<workdir>/.training.lock` while one training runs there.
+
+    A second training in the same workdir would delete the first one's in-flight checkpoint
+    and write beside it, so it stops at once with `WorkdirBusyError`, naming the process that
+    holds the lock. The lock is an advisory `flock`: the operating system releases it when its
+    holder exits, killed or not, so a leftover file never blocks a new run. Object-store
+    workdirs (gs://...) have no such lock; there one run per workdir is the user's rule.
+    """
+    workdir = os.fspath(workdir)
+    if "://" in workdir:
+        yield
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_FILE)
+    try:
+        handle = open(path, "a+")  # never truncates what a holder wrote
+    except OSError as error:
+        raise WorkdirError(
+            f"cannot create {path}: {error.strerror or error}. Choose a writable --workdir."
+        ) from error
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise WorkdirBusyError(
+                f"another training is running in the workdir {workdir}: {holder} holds "
+                f"{path}. Wait for it to finish or stop it, or choose another --workdir."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        handle.write(
+            f"process {os.getpid()} on host {socket.gethostname()} "
+            f"({os.path.basename(sys.argv[0]) or 'python'}, started {started})\n"
+        )
+        handle.flush()
+        try:
+            yield
+        finally:  # an empty file: the workdir looks the same before and after a run
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,7 @@ gets only the settings it needs (`config_base.train_input`, `eval_input`, ...).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 from collections.abc import Mapping
@@ -55,9 +56,15 @@ class Schedule:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> dict:
     """Trains `config`'s model in `workdir_path`, resuming from its latest checkpoint.
 
-    Returns the final evaluation metrics (also written to <workdir>/results.json).
+    Returns the final evaluation metrics (also written to <workdir>/results.json). One
+    training at a time per workdir: process 0 holds its lock (`runtime.workdir.training_lock`).
     """
-    root = epath.Path(workdir_path)
+    is_lock_holder = jax.process_index() == 0
+    with workdir.training_lock(workdir_path) if is_lock_holder else contextlib.nullcontext():
+        return _train_and_evaluate(config, epath.Path(workdir_path))
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, root: epath.Path) -> dict:
     mesh = sharding.make_mesh()
     splits = datasets.open_dataset(config_base.dataset_spec(config))
     train_input = config_base.train_input(config)

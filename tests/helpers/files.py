@@ -1,8 +1,13 @@
 """What a run left on disk: file-tree snapshots (proof that a failure left every earlier file
-byte-identical) and the scalars of its TensorBoard event files."""
+byte-identical) and the scalars of its TensorBoard event files; a process that holds a
+workdir's training lock."""
 
 import glob
 import os
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
 
 
 def snapshot(root) -> dict[str, bytes]:
@@ -26,3 +31,20 @@ def tensorboard_scalars(workdir) -> dict[tuple[int, str], float]:
             for value in event.summary.value:
                 values[(event.step, value.tag)] = float(tf.make_ndarray(value.tensor))
     return values
+
+
+def hold_training_lock(folder) -> subprocess.Popen:
+    """A process that holds `folder`'s training lock until it is killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from psta_jax.runtime import workdir\n"
+         "lock = workdir.training_lock(sys.argv[1])\n"
+         "lock.__enter__()\n"
+         "print('held', flush=True)\n"
+         "time.sleep(600)\n",
+         str(folder)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    return holder

@@ -1,5 +1,7 @@
 """The local launcher: bad flags and dead processes end with one message, no traceback."""
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -35,3 +37,30 @@ def test_a_dead_process_is_named_and_the_others_stopped():
     assert result.returncode == 3
     assert "launch: process 1 exited with code 3; stopping the other 2 process(es)" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"),
+    [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)],
+)
+def test_a_stop_signal_reaches_every_process_and_none_outlives_the_launcher(tmp_path, signum, code):
+    env = dict(os.environ, PSTA_FAKE_WORKER_SIGNALS=str(tmp_path))
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "psta_jax.launch", "--processes=3",
+         "--module=tests.helpers.fake_worker"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    started = [launcher.stdout.readline() for _ in range(3)]  # each worker's first line
+    assert all("worker" in line for line in started), started
+    launcher.send_signal(signum)
+    stdout, stderr = launcher.communicate(timeout=60)
+    assert launcher.returncode == code
+    name = signal.Signals(signum).name
+    assert f"launch: received {name}; forwarding it to 3 process(es)" in stderr
+    assert "Traceback" not in stdout + stderr
+    # Each worker got the launcher's signal and had exited when the launcher did.
+    assert {p.name: int(p.read_text()) for p in tmp_path.iterdir()} == {
+        "0": signum,
+        "1": signum,
+        "2": signum,
+    }

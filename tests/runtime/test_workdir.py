@@ -1,11 +1,14 @@
 """A workdir's config.json, results and checkpoint identity: one reader and writer."""
 
 import json
+import os
+import socket
 
 import ml_collections
 import pytest
 
 from psta_jax.runtime import workdir
+from tests.helpers.files import hold_training_lock
 
 
 def _config(**model) -> ml_collections.ConfigDict:
@@ -91,3 +94,20 @@ def test_a_new_run_inside_another_runs_workdir_is_its_own(tmp_path):
     inner.mkdir()
     assert workdir.find_run_config(inner).num_classes == 625  # a step folder's lookup
     assert workdir.find_run_config(inner, levels_up=0) is None
+
+
+def test_a_second_training_in_a_workdir_is_refused_until_the_first_exits(tmp_path):
+    holder = hold_training_lock(tmp_path)
+    try:
+        with pytest.raises(workdir.WorkdirBusyError) as error:
+            with workdir.training_lock(tmp_path):
+                pytest.fail("the lock was taken twice")
+        message = str(error.value)
+        assert f"process {holder.pid} on host {socket.gethostname()}" in message
+        assert str(tmp_path) in message and "choose another --workdir" in message
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs, the operating system drops the lock
+        holder.wait()
+    with workdir.training_lock(tmp_path):
+        assert f"process {os.getpid()} " in (tmp_path / workdir.LOCK_FILE).read_text()
+    assert (tmp_path / workdir.LOCK_FILE).read_text() == ""
