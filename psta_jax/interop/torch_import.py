@@ -354,12 +354,27 @@ def load_state_dict(
             ("mis-shaped", misshaped),
         ):
             if items:
-                parts.append(f"  {len(items)} {title}: " + ", ".join(sorted(items)))
+                parts.append(f"  {len(items)} {title}: " + _first_names(sorted(items)))
+        if len(missing) + len(unexpected) > len(names) // 2:
+            parts.append(
+                "  most names differ: the file holds another network (or another depth) than "
+                f"this {what}; check the file and the config's model fields"
+            )
         raise WeightImportError("\n".join(parts))
     for path, value in updates.items():
         flat[path] = flat[path].replace(value) if hasattr(flat[path], "replace") else value
     nnx.update(module, nnx.from_flat_state(flat))
     return module
+
+
+_NAMES_SHOWN = 8
+
+
+def _first_names(items: list[str]) -> str:
+    """The first `_NAMES_SHOWN` names and how many more: a wrong file misses hundreds."""
+    shown = ", ".join(items[:_NAMES_SHOWN])
+    more = len(items) - _NAMES_SHOWN
+    return shown + (f", ... and {more} more" if more > 0 else "")
 
 
 def load_psta_state_dict(model: PSTA, source: str | os.PathLike | StateDict) -> PSTA:

@@ -164,3 +164,13 @@ def test_tar_archives_are_refused_and_the_legacy_format_is_named(tmp_path):
         assert text in message, text
     with pytest.raises(NotATorchCheckpointError, match="is a tar archive but not a PyTorch"):
         check_torch_checkpoint(other)
+
+
+def test_a_file_of_another_network_gets_a_short_message():
+    state_dict = {f"encoder.block{i}.weight": np.zeros(3) for i in range(400)}
+    with pytest.raises(WeightImportError) as err:
+        load_psta_state_dict(tiny_model(), state_dict)
+    message = str(err.value)
+    assert len(message) < 1500, len(message)
+    assert "400 unexpected" in message and "... and 392 more" in message
+    assert "another network" in message
