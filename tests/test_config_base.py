@@ -21,12 +21,14 @@ def test_dataset_config_reads_the_builders_facts(name):
 
 def test_release_test_samplers_are_the_releases():
     samplers = {name: cls.RELEASE_TEST_SAMPLER for name, cls in datasets.BUILDERS.items()}
-    assert samplers == {
+    # The datasets the release reads; a later one states its choice in its own test.
+    release = {
         "duke_video_reid": "dense",
         "ilids_vid": "begin_interval",
         "mars": "begin_interval",
         "prid2011": "begin_interval",
     }
+    assert samplers.items() >= release.items()
 
 
 def test_bad_presets_and_datasets_are_named():

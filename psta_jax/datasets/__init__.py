@@ -1,7 +1,7 @@
-"""Video re-ID datasets as TFDS builders (MARS, DukeMTMC-VideoReID, iLIDS-VID, PRID-2011).
+"""Video re-ID datasets as TFDS builders (MARS, DukeMTMC-VideoReID, iLIDS-VID, PRID-2011, ...).
 
-Importing this package registers the builders with TFDS ('mars', 'duke_video_reid',
-'ilids_vid', 'prid2011'); it does not import TensorFlow or touch any data. `BUILDERS` is
+Importing this package registers every builder of `BUILDERS` with TFDS (by folder name:
+'mars', 'duke_video_reid', ...); it does not import TensorFlow or touch any data. `BUILDERS` is
 discovered: every sub-package `<name>/` with a `<name>_dataset_builder.py` defining `Builder`
 (the TFDS layout) is a dataset, so adding one touches only its folder, its config and its test.
 Each builder class carries the dataset's facts: `name`, `EVAL_PROTOCOL`, `RELEASE_TEST_SAMPLER`,
