@@ -71,7 +71,7 @@ def _info_test(root: str) -> tuple[np.ndarray, np.ndarray]:
     """info_test (N x 4 int64: start, end, pid, camera) and the query rows (0-based)."""
     path = os.path.join(root, INFO_FILE)
     raw_io.require_exists(TITLE, path, f"split file {INFO_FILE!r}", LAYOUT, is_dir=False)
-    import h5py  # Deferred: only LS-VID's MATLAB 7.3 files need it (TensorFlow depends on it).
+    import h5py  # Deferred: only LS-VID's MATLAB 7.3 files need it.
 
     if h5py.is_hdf5(path):  # MATLAB 7.3: HDF5 stores MATLAB's N x 4 matrix as 4 x N.
         try:
