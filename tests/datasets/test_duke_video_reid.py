@@ -6,6 +6,7 @@ import tensorflow_datasets as tfds
 from psta_jax import datasets
 from psta_jax.datasets import fake_raw
 from psta_jax.datasets.duke_video_reid import duke_video_reid_dataset_builder as duke
+from tests.helpers.prepared import split_rows
 
 
 class DukeVideoReidBuilderTest(tfds.testing.DatasetBuilderTestCase):
@@ -36,14 +37,7 @@ def test_splits_and_frame_order(tmp_path):
     builder = datasets.build("duke_video_reid", data_dir=str(tmp_path), raw_dir=raw)
 
     def rows(split):
-        return [
-            (
-                int(e["pid"]),
-                int(e["camid"]),
-                [round(fake_raw.decoded_level(f)) for f in e["frames"]],
-            )
-            for e in tfds.as_numpy(datasets.load_split(builder, split))
-        ]
+        return split_rows(builder, split)
 
     lv = fake_raw.frame_level
     assert rows("train") == [

@@ -14,6 +14,7 @@ from psta_jax.datasets.lsvid import lsvid_dataset_builder as lsvid
 from psta_jax.datasets.lsvid import make_dummy_data
 from psta_jax.evaluation import evaluate
 from psta_jax.input import samplers
+from tests.helpers.prepared import split_rows
 
 DUMMY = pathlib.Path(str(lsvid.Builder.code_path.parent / "dummy_data"))
 
@@ -33,14 +34,7 @@ def test_splits_follow_the_list_files_and_info_test(tmp_path):
     builder = datasets.build("lsvid", data_dir=str(tmp_path), raw_dir=str(DUMMY))
 
     def rows(split):
-        return [
-            (
-                int(e["pid"]),
-                int(e["camid"]),
-                [round(fake_raw.decoded_level(f)) for f in e["frames"]],
-            )
-            for e in tfds.as_numpy(datasets.load_split(builder, split))
-        ]
+        return split_rows(builder, split)
 
     lv = fake_raw.frame_level
     # Two prefixes in one folder kept apart; frames in name order (0009..0011); junk dropped.

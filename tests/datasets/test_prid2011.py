@@ -7,6 +7,7 @@ from psta_jax import datasets
 from psta_jax.datasets import fake_raw, raw_io
 from psta_jax.datasets.prid2011 import make_dummy_data
 from psta_jax.datasets.prid2011 import prid2011_dataset_builder as prid
+from tests.helpers.prepared import split_rows
 
 DUMMY = prid.Builder.code_path.parent / "dummy_data"
 
@@ -27,14 +28,7 @@ def test_json_split_and_frame_order(tmp_path):
     train_pids = sorted(int(p[7:]) for p in split["train"])
 
     def rows(split_name):
-        return [
-            (
-                int(e["pid"]),
-                int(e["camid"]),
-                [round(fake_raw.decoded_level(f)) for f in e["frames"]],
-            )
-            for e in tfds.as_numpy(datasets.load_split(builder, split_name))
-        ]
+        return split_rows(builder, split_name)
 
     def frames(cam, pid):
         numbers = make_dummy_data.FRAMES.get((cam, pid), make_dummy_data.DEFAULT_FRAMES)
