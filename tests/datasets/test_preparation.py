@@ -19,21 +19,6 @@ CONFIG = synthetic.SyntheticConfig(
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("pristine") / "synthetic_mars")
-    synthetic.generate(out, CONFIG)
-    return out
-
-
-@pytest.fixture
-def raw(pristine, tmp_path):
-    """A private copy of the raw folder (tests damage frames)."""
-    out = str(tmp_path / "synthetic_mars")
-    shutil.copytree(pristine, out)
-    return out
-
-
 def _query_tracklet_frames(root: str) -> list[str]:
     """Frame paths of the first query tracklet (in the name-list order)."""
     info = scipy.io.loadmat(os.path.join(root, "info", "tracks_test_info.mat"))["track_test_info"]

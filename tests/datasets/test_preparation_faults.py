@@ -27,20 +27,6 @@ CONFIG = synthetic.SyntheticConfig(
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("pristine") / "synthetic_mars")
-    synthetic.generate(out, CONFIG)
-    return out
-
-
-@pytest.fixture
-def raw(pristine, tmp_path):
-    out = str(tmp_path / "synthetic_mars")
-    shutil.copytree(pristine, out)
-    return out
-
-
 def _spec(data_dir, raw_dir) -> loading.DatasetSpec:
     config = config_base.dataset_config("mars", None, raw_dir=str(raw_dir))
     config.data_dir = str(data_dir)
