@@ -80,6 +80,10 @@ class LoopTimings(periodic_actions.PeriodicAction):
             self._waited, self._cpu = 0.0, _cpu_seconds()
         return triggered
 
+    def _should_trigger(self, step: int, t: float) -> bool:
+        # As ReportProgress: the first call (step == _previous_step) starts the interval.
+        return step != self._previous_step and super()._should_trigger(step, t)
+
     def _apply(self, step: int, t: float) -> None:
         wall = max(t - self._previous_time, 1e-9)
         cpu = _cpu_seconds()

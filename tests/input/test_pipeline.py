@@ -88,8 +88,10 @@ def test_resume_and_determinism(index_store):
         pipeline.TrainBatches(index_store, config, seed=-1)
 
 
-def test_process_slices_concatenate_to_the_global_batch(index_store):
-    config = train_config(instances_per_identity=3)  # global batch 6 -> 3 processes x 2
+@pytest.mark.parametrize("cache_decoded_gb", [0.0, 1.0])  # decoded per step / once
+def test_process_slices_concatenate_to_the_global_batch(index_store, cache_decoded_gb):
+    # global batch 6 -> 3 processes x 2
+    config = train_config(instances_per_identity=3, cache_decoded_gb=cache_decoded_gb)
     single = pipeline.TrainBatches(index_store, config, seed=2).iterator(start_step=4)
     hosts = [
         pipeline.TrainBatches(
