@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/model_throughput.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/train_loop.py
 	$(PY) benchmarks/embed.py
 
 clean:

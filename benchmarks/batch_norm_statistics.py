@@ -1,5 +1,6 @@
 """The bf16 train step with one-pass (the default) and two-pass BatchNorm statistics, timed
-interleaved in one run beside the authors' release.
+interleaved in one run beside the release's network and loss (our PyTorch port,
+`psta_jax.interop.torch_model`, checked against the release's outputs).
 
     python benchmarks/batch_norm_statistics.py [--steps_per_call=5] [--repeats=6]
         [--identities=8 --instances=4] [--baselines=release] [--model=release|demo]

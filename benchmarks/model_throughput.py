@@ -17,11 +17,11 @@ the device runs this one), for ours and the baselines alike.
 
 Baselines, in PyTorch with as many threads as this process may use, on uint8 clips
 (B, T, 3, H, W) turned into ImageNet-normalised floats inside the timed call:
-- release (the headline): the authors' released network and loss
+- release (the headline): the release's network and loss in our PyTorch port
   (`psta_jax.interop.torch_model`, checked against the release's own outputs in
-  tests/interop/test_torch_model.py), random init: eval = its eval forward (the
-  embedding) of B clips; train = forward in train mode + `release_loss` + backward +
-  torch.optim.Adam (lr 3.5e-4, weight decay 5e-4) on P=2 x K=2 clips.
+  tests/interop/test_torch_model.py; not the authors' code itself), random init:
+  eval = its eval forward (the embedding) of B clips; train = forward in train mode +
+  `release_loss` + backward + torch.optim.Adam (lr 3.5e-4, weight decay 5e-4) on P=2 x K=2 clips.
 - backbone: the release's ResNet-50 backbone alone on all the clips' frames: eval = its
   forward, train = forward + backward of the maps' mean + the same Adam. A lower bound
   for any PSTA on this backbone.
@@ -503,11 +503,11 @@ def main() -> None:
                 for kind, clips in measures
                 if (kind, clips, name) in rates
             ]
-            headline = " (headline: the authors' release)" if name == "release" else ""
+            headline = " (headline: the release's network, ported)" if name == "release" else ""
             print(f"{who} vs {name}{headline}: " + ", ".join(pairs))
     print(
         f"ours/it: {ours_names[0]}'s clips/s over that row's in this run (> 1: ours is "
-        "faster); 'release' is the authors' PyTorch PSTA with its loss, 'backbone' its "
+        "faster); 'release' is the release's PSTA and loss (our PyTorch port), 'backbone' its "
         f"ResNet-50 alone, both float32 on {torch_device}"
         + (", with our glibc heap settings." if args.baselines_keep_heap else ".")
     )

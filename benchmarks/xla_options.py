@@ -33,10 +33,10 @@ the HLO (GPU command buffers are built from thunks, code generation), which only
 tell. Printed beside the times: how far each variant's outputs (train: the first step's
 loss; eval: the embeddings) are from base's.
 
-With --baseline=release the authors' PyTorch release (float32, `model_throughput.py`'s
-baseline, in its own child process, on this machine's GPU when JAX runs on one) takes its
-turn in every round on the same clips, and each variant's median per-round speed over the
-release's is printed too: the headline ratio, option by option.
+With --baseline=release the release's network in our PyTorch port (float32,
+`model_throughput.py`'s baseline, in its own child process, on this machine's GPU when JAX
+runs on one) takes its turn in every round on the same clips, and each variant's median
+per-round speed over the release's is printed too: the headline ratio, option by option.
 """
 
 from __future__ import annotations
@@ -221,7 +221,8 @@ def main() -> None:
         "--baseline",
         choices=(RELEASE,),
         default=None,
-        help="also time the authors' PyTorch release in every round (--model=release only)",
+        help="also time the release's network (our PyTorch port) in every round "
+        "(--model=release only)",
     )
     args = parser.parse_args()
     variants, config_variants = dict(args.variant), dict(args.config_variant)

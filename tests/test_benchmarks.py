@@ -160,3 +160,50 @@ def test_cpu_peak_names_the_cpu_and_counts_its_vector_lanes(tmp_path):
         pytest.approx(float("nan"), nan_ok=True),
         "unknown CPU",
     )
+
+
+def test_train_loop_benchmark_prints_every_field_positive(tmp_path):
+    """train_loop.py on the tiny model and a tiny synthetic dataset: the loop, the step
+    alone, evaluation and checkpoint costs, every value of its table printed and positive."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/train_loop.py",
+            "--model=tiny",
+            "--train_ids=8",
+            "--test_ids=8",
+            "--frame_size=64,32",
+            "--identities=4",
+            "--instances=2",
+            "--warmup_steps=2",
+            "--steps=4",
+            "--log_every=2",
+            "--step_alone_steps=2",
+            f"--data_dir={tmp_path}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("measure ")))
+    table = dict(line.rsplit(maxsplit=1) for line in lines[header + 1 :])
+    expected = {
+        "loop clips/s",
+        "step alone clips/s",
+        "loop / step alone",
+        "same, per CPU-second",
+        "host CPU % (loop)",
+        "host CPU % (step alone)",
+        "input wait % of loop time",
+        "input wait ms per step",
+        "input pipeline alone clips/s",
+        "input CPU cores per 100 clips/s",
+        "evaluation s",
+        "checkpoint s (loop blocked)",
+        "checkpoint s (save to disk)",
+    }
+    assert {name.strip() for name in table} == expected, result.stdout + result.stderr
+    assert all(float(value) > 0 for value in table.values()), result.stdout

@@ -10,6 +10,9 @@ once for evaluation (the tf.data side of the input; docs/design.md, "Data").
   nothing, so there is one of each per clip, not per frame.
 * Clips leave the host as uint8, resized; `input.preprocess.finish_clips` flips, normalises
   and erases them in the jitted step.
+* Training can decode and resize every frame of the split once instead, into host memory
+  (`TrainPipelineConfig.cache_decoded_gb`: when the decoded frames fit in that budget); a
+  batch is then one gather, and the host's CPU goes to the step. Batches are identical.
 
 Resizing uses `tf.image.resize(..., antialias=True)`: its bicubic kernel (Keys, a = -0.5)
 and its kernel widening when downscaling are PIL's, so it tracks the release's PIL
@@ -26,10 +29,12 @@ Batches are dicts of NumPy arrays, this process's slice of the global batch: tra
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from psta_jax.datasets.loading import TrackletStore
 from psta_jax.input import batch_plans, samplers
@@ -72,6 +77,26 @@ def decode_resize_clip(
         lambda: tf.stack([resize(image) for image in frames]),
     )
     return tf.ensure_shape(clip, [seq_len, *size, 3])
+
+
+def decode_all_frames(store: TrackletStore, config: ImageConfig) -> tf.Tensor:
+    """Every frame of `store` decoded and resized as `decode_resize_clip` does it:
+    (total_frames, H, W, 3) uint8, in parallel (tf.data, config.num_parallel_calls)."""
+    size = tuple(config.image_size)
+
+    def frame(encoded):
+        clip = decode_resize_clip(encoded[None], 1, size, config.resize_method, config.antialias)
+        return clip[0]
+
+    frames = (
+        tf.data.Dataset.from_tensor_slices(store.frames)
+        .map(frame, num_parallel_calls=config.num_parallel_calls, deterministic=True)
+        .batch(1024)
+    )
+    options = tf.data.Options()
+    options.threading.max_intra_op_parallelism = 1
+    chunks = list(frames.with_options(options).as_numpy_iterator())
+    return tf.constant(np.concatenate(chunks) if chunks else np.zeros((0, *size, 3), np.uint8))
 
 
 def _clip_dataset(
@@ -147,6 +172,8 @@ class TrainBatches:
         process_index: int = 0,
         process_count: int = 1,
     ):
+        """Decodes the split's frames now when they fit `config.cache_decoded_gb`
+        (`caches_decoded`)."""
         if seed < 0:
             raise ValueError(f"the seed must be non-negative, got {seed}")
         self.store = store
@@ -160,6 +187,21 @@ class TrainBatches:
         self.global_batch_size = config.global_batch_size
         self._slice = local_slice(self.global_batch_size, process_index, process_count)
         self.local_batch_size = self._slice.stop - self._slice.start
+        height, width = config.image_size
+        self.decoded_gb = int(store.frames.shape[0]) * height * width * 3 / 2**30
+        self.caches_decoded = 0 < self.decoded_gb <= config.cache_decoded_gb
+        self._decoded = None
+        if self.caches_decoded:
+            start = time.monotonic()
+            self._decoded = decode_all_frames(store, config)
+            logging.info(
+                "decoded the %d training frames once, into %.2f GiB of host memory, in %.0f s "
+                "(config.input.cache_decoded_gb=%g)",
+                int(store.frames.shape[0]),
+                self.decoded_gb,
+                time.monotonic() - start,
+                config.cache_decoded_gb,
+            )
 
     def plan(self, step: int) -> dict[str, np.ndarray]:
         """The global batch plan of ``step`` (see batch_plans.train_batch_plan), with camids."""
@@ -194,7 +236,17 @@ class TrainBatches:
 
         plans = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max).map(plan_of_step)
         keep = ("labels", "camids", "flip", "erase")
-        return _clip_dataset(plans, self.store, self.config, b, keep)
+        if self._decoded is None:
+            return _clip_dataset(plans, self.store, self.config, b, keep)
+        decoded = self._decoded  # a batch is one gather of decoded frames
+
+        def gathered(plan):
+            return {"clips": tf.gather(decoded, plan["frame_ids"]), **{k: plan[k] for k in keep}}
+
+        batches = plans.map(gathered, num_parallel_calls=2, deterministic=True)
+        options = tf.data.Options()
+        options.deterministic = True
+        return batches.prefetch(self.config.prefetch).with_options(options)
 
     def iterator(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """NumPy batches from ``start_step`` on."""

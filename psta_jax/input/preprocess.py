@@ -89,6 +89,9 @@ class TrainPipelineConfig(ImageConfig):
     erasing_min_aspect: float = 0.3  # aspect h / w uniform in [min, 1 / min]
     erasing_max_tries: int = 100
     erasing_fill: tuple[float, float, float] = IMAGENET_MEAN  # written after normalisation
+    # Decode and resize every training frame once, into host memory, when they take at most
+    # this many GiB there (0: decode the sampled frames at every step; input.pipeline).
+    cache_decoded_gb: float = 0.0
 
     def __post_init__(self):
         self._validate()

@@ -1,4 +1,4 @@
-"""The authors' released PSTA network and loss, in PyTorch (the speed baseline and a cross-check).
+"""A PyTorch port of the release's PSTA network and loss (the speed baseline and a cross-check).
 
 This is the network of the authors' PyTorch release (docs/release_network.md; comments
 cite its sections), written from that description: a

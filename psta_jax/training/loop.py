@@ -26,7 +26,7 @@ from psta_jax.models import build_model
 from psta_jax.runtime import checkpointing, distributed, sharding, workdir, xla_cpu
 from psta_jax.runtime.errors import ConfigError
 from psta_jax.training import evaluator as evaluator_lib
-from psta_jax.training import losses, optimizer, steps
+from psta_jax.training import loop_timing, losses, optimizer, steps
 from psta_jax.training import metric_writers as writers_lib
 
 
@@ -128,7 +128,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, root: epath.Path) -> 
         every_steps=schedule.log_every,
         every_secs=None,
     )
-    hooks = [report_progress]
+    # Writes per log interval the time spent waiting for input and the host's CPU share, and
+    # the wall time of each evaluation and save (loop_timing; no wait on the device).
+    timings = loop_timing.LoopTimings(file_writer, every_steps=schedule.log_every)
+    hooks = [report_progress, timings]
     first_profiled, num_profiled = config.profile_steps
     if num_profiled > 0:  # a TensorBoard trace of these steps, one per process
         hooks.append(
@@ -150,6 +153,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, root: epath.Path) -> 
         xla_cpu.release_compilation_memory()  # what the compiler freed, before the steps run
         distributed.barrier("train_step_compiled")
         batches = itertools.chain([first_batch], batches)
+    batches = timings.batches(batches)
 
     metrics: dict = {}
     pending: list[dict] = []
@@ -170,14 +174,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, root: epath.Path) -> 
                 hook(step)
             evaluated = None
             if eval_now:
-                with report_progress.timed("eval"):
+                with report_progress.timed("eval"), timings.timed("eval", step):
                     metrics = _evaluate(evaluator, embed_fn, state, step, checkpoints)
                 evaluated = _eval_scalars(metrics)
                 writer.write_scalars(step, {f"eval/{k}": v for k, v in evaluated.items()})
             # One save per step: a checkpoint step, or an evaluation that beats the best mAP;
             # an evaluated step carries its metrics, which rank it for the best-mAP slot.
             if checkpoint_now or (evaluated and checkpoints.improves_best(evaluated)):
-                with report_progress.timed("checkpoint"):
+                with report_progress.timed("checkpoint"), timings.timed("checkpoint", step):
                     checkpoints.save(step, _items(state), metrics=evaluated)
     finally:  # an error (e.g. a NaN loss) still lets pending saves and writes finish
         checkpoints.wait()

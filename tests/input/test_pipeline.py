@@ -88,8 +88,10 @@ def test_resume_and_determinism(index_store):
         pipeline.TrainBatches(index_store, config, seed=-1)
 
 
-def test_process_slices_concatenate_to_the_global_batch(index_store):
-    config = train_config(instances_per_identity=3)  # global batch 6 -> 3 processes x 2
+@pytest.mark.parametrize("cache_decoded_gb", [0.0, 1.0])  # decoded per step / once
+def test_process_slices_concatenate_to_the_global_batch(index_store, cache_decoded_gb):
+    # global batch 6 -> 3 processes x 2
+    config = train_config(instances_per_identity=3, cache_decoded_gb=cache_decoded_gb)
     single = pipeline.TrainBatches(index_store, config, seed=2).iterator(start_step=4)
     hosts = [
         pipeline.TrainBatches(
@@ -185,3 +187,25 @@ def test_eval_process_slices_and_dense_cap(index_store):
     ids = np.concatenate([b["tracklet_ids"] for b in single])
     counts = np.bincount(ids[ids >= 0], minlength=len(LAYOUT))
     np.testing.assert_array_equal(counts, [min(3, max(1, n // T)) for _, _, n in LAYOUT])
+
+
+@pytest.mark.parametrize("image_size", [SIZE, (SIZE[0] // 2 + 1, SIZE[1] // 2)])
+def test_decoded_frame_cache_gives_the_same_batches(image_size):
+    """Frames decoded and resized once (cache_decoded_gb) make the very batches that decoding
+    the sampled frames at each step makes, resized or not."""
+    rng = np.random.default_rng(0)
+    noise = [(pid, cam, rng.integers(0, 256, (n, *SIZE, 3), np.uint8)) for pid, cam, n in LAYOUT]
+    store = helpers.store(noise, fmt="jpeg")
+    plain = pipeline.TrainBatches(store, train_config(image_size=image_size), seed=5)
+    cached = pipeline.TrainBatches(
+        store, train_config(image_size=image_size, cache_decoded_gb=1.0), seed=5
+    )
+    assert cached.caches_decoded and not plain.caches_decoded
+    wanted, got = plain.iterator(start_step=2), cached.iterator(start_step=2)
+    for _ in range(3):
+        want, have = next(wanted), next(got)
+        assert sorted(have) == sorted(want)
+        for key in want:
+            np.testing.assert_array_equal(have[key], want[key])
+    tight = train_config(image_size=image_size, cache_decoded_gb=cached.decoded_gb / 2)
+    assert not pipeline.TrainBatches(store, tight, seed=5).caches_decoded  # over the budget

@@ -106,6 +106,14 @@ def test_evaluated_steps_carry_their_metrics_and_every_scalar_is_logged(finished
     speed_rows = {r["step"]: r for r in rows if "steps_per_sec" in r}  # clu's ReportProgress
     assert sorted(speed_rows) == [2, 4, 6]
     assert all(row["steps_per_sec"] > 0 for row in speed_rows.values())
+    timing_rows = {r["step"]: r for r in rows if "timing/train_steps_per_sec" in r}  # loop_timing
+    assert sorted(timing_rows) == [2, 4, 6]
+    for row in timing_rows.values():
+        assert row["timing/train_steps_per_sec"] > 0 and row["timing/host_cpu_percent"] > 0
+        assert 0 <= row["timing/input_wait_fraction"] <= 1 and row["timing/input_wait_ms"] >= 0
+    assert sorted(r["step"] for r in rows if "timing/eval_s" in r) == [4, 6]
+    assert sorted(r["step"] for r in rows if "timing/checkpoint_s" in r) == [2, 4, 6]
+    assert all(r["timing/eval_s"] > 0 for r in rows if "timing/eval_s" in r)
     assert eval_rows[TOTAL_STEPS]["eval/mAP"] == pytest.approx(metrics["mAP"])
     with checkpointing.Checkpoints(workdir) as saved:
         for step in (4, 6):  # evaluated and checkpointed: the metrics went into that one save
