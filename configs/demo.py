@@ -31,7 +31,7 @@ def get_config(arg: str | None = None):
     config.log_every_steps = 20
     config.expected_results = ml_collections.ConfigDict(
         dict(
-            ranges={"mAP": (30.09, 35.46), "rank1": (29.89, 38.43)},
+            ranges={"mAP": (29.57, 43.87), "rank1": (30.96, 47.33)},
             source="the range over seeds 0-4 in the README, measured on AMD EPYC Zen 3",
         )
     )
