@@ -4,10 +4,8 @@ injected: the OS functions raise what a read-only mount or a full disk makes the
 
 import builtins
 import errno
-import logging
 import os
 import shutil
-import sys
 
 import pytest
 import tensorflow as tf
@@ -18,6 +16,7 @@ from psta_jax import config_base, datasets
 from psta_jax.datasets import loading, preparation, raw_io, synthetic
 from psta_jax.runtime import cli
 from psta_jax.runtime.errors import UserError
+from tests.helpers.commands import exit_code_and_stderr
 from tests.helpers.files import snapshot
 
 CONFIG = synthetic.SyntheticConfig(
@@ -40,15 +39,7 @@ def _command(body, capsys, monkeypatch) -> tuple[int, str]:
         name="psta-train", summary="test", define_flags=lambda values, argv: None,
         run=lambda values: body(), uses_jax=False, uses_tensorflow=False,
     )  # fmt: skip
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored afterwards
-    try:
-        command([])
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    finally:
-        logging.disable(logging.NOTSET)  # cli.run silences logging after an expected error
-    return code, capsys.readouterr().err
+    return exit_code_and_stderr(lambda: command([]), capsys, monkeypatch)
 
 
 def _read_only(monkeypatch, root) -> None:

@@ -4,7 +4,6 @@ file was gone; `syn.previous/README.txt` gone after `--overwrite`)."""
 
 import dataclasses
 import errno
-import logging
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from psta_jax import config_base
 from psta_jax.datasets import loading, synthetic
 from psta_jax.runtime.errors import UserError
 from tests.conftest import REPO_ROOT
+from tests.helpers.commands import exit_code_and_stderr
 from tests.helpers.files import snapshot
 
 SMALL = synthetic.SyntheticConfig(
@@ -26,15 +26,7 @@ OTHER = dataclasses.replace(SMALL, num_train_ids=4)
 
 def _command(argv, capsys, monkeypatch):
     """Runs psta-synthetic in this process; returns (exit code, stderr)."""
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored afterwards
-    try:
-        synthetic.main(argv)
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    finally:
-        logging.disable(logging.NOTSET)  # cli.run silences logging after an expected error
-    return code, capsys.readouterr().err
+    return exit_code_and_stderr(lambda: synthetic.main(argv), capsys, monkeypatch)
 
 
 def _with_user_folders(tmp_path):
