@@ -29,7 +29,9 @@ def test_release_compilation_memory_keeps_compiled_programs_working():
 
 
 # Calls a program with a 64 MiB temporary (over glibc's 32 MiB memory-map limit) in a fresh
-# process set up as the entry points are, and prints the page faults per call once warm.
+# process set up as the entry points are, and prints the median page faults of 15 warm calls.
+# The median, because the heap can still grow now and then (XLA's threads interleave their
+# allocations), and a call that lands on new heap maps its temporary once.
 _FAULTS_PER_CALL = """
 import json, resource
 from psta_jax.runtime import xla_cpu
@@ -44,10 +46,12 @@ def program(a, b):
 a, b = jnp.linspace(0.0, 1.0, 4096), jnp.linspace(1.0, 2.0, 4096)
 for _ in range(30):  # the heap settles in the first ~20 calls
     program(a, b).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+faults = []
+for _ in range(15):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     program(a, b).block_until_ready()
-print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps(sorted(faults)[len(faults) // 2]))
 """
 
 
@@ -76,7 +80,7 @@ def test_entry_point_setup_reuses_freed_pages_and_glibc_tunables_opt_out():
     # temporary afresh (16k faults of 4 KiB for 64 MiB).
     default_faults = _faults_per_call("glibc.malloc.trim_threshold=131072")
     assert default_faults > 8000
-    # configure_for_cpu_if_needed() keeps the freed pages: warm calls reuse them.
+    # configure_for_cpu_if_needed() keeps the freed pages: a typical warm call reuses them.
     assert _faults_per_call(None) < 0.05 * default_faults
 
 
