@@ -246,6 +246,9 @@ class TrainBatches:
         batches = plans.map(gathered, num_parallel_calls=2, deterministic=True)
         options = tf.data.Options()
         options.deterministic = True
+        # Nothing here is AUTOTUNE, and autotune's model thread only delays the end of a run:
+        # deleting the iterator waits for it to leave a sleep of up to 60 s.
+        options.autotune.enabled = False
         return batches.prefetch(self.config.prefetch).with_options(options)
 
     def iterator(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:

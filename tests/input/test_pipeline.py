@@ -209,3 +209,6 @@ def test_decoded_frame_cache_gives_the_same_batches(image_size):
             np.testing.assert_array_equal(have[key], want[key])
     tight = train_config(image_size=image_size, cache_decoded_gb=cached.decoded_gb / 2)
     assert not pipeline.TrainBatches(store, tight, seed=5).caches_decoded  # over the budget
+    # No AUTOTUNE knob in the cached pipeline, so no autotune thread: deleting the iterator at
+    # the end of a run waited up to 60 s for that thread's sleep to end.
+    assert cached.dataset().options().autotune.enabled is False
