@@ -5,7 +5,7 @@ pipeline with the checkpoint's test sampler, the jitted model on all devices, cl
     python benchmarks/embed.py [--model demo|full] [--tracklets N] [--frames F]
         [--batch_size B]
 
-`demo`: the demo's network (ResNet-18 width 16, 64x32, T=8, feature 128; configs/demo.py);
+`demo`: the demo's network (ResNet-18 width 8, 64x32, T=8, feature 128; configs/demo.py);
 `full`: the paper's (ResNet-50, 256x128, T=8; configs/mars.py). Random weights, saved as a
 checkpoint first (speed does not depend on the values). Frames are noise JPEGs at the model's
 image size, so nothing is resized. Prints clips/s after the first batch (which compiles the

@@ -42,7 +42,7 @@ sees one (as Train.py, with pinned memory), else on the CPU, timed over --steps 
 ResNet-50 PSTA (frames resized to --model's image size): compare with --model=release.
 
 The model: release (ResNet-50 PSTA at 256x128, T=8; the default on accelerators), demo
-(configs/demo.py's: ResNet-18 width 16 at 64x32, T=8; the default on the CPU) or tiny (the
+(configs/demo.py's: ResNet-18 width 8 at 64x32, T=8; the default on the CPU) or tiny (the
 test suite's). The batch defaults to P=8 x K=4 on accelerators and P=8 x K=2 on the CPU.
 """
 

@@ -17,11 +17,13 @@ A person is a figure of coloured parts (hair, skin, upper body with a pattern, l
 optional bag) that walks (leg swing) and jitters from frame to frame. Each camera has its own
 colour cast, brightness and background, every frame has pixel noise, and some frames are
 occluded or misaligned (shifted crop), so one frame does not identify a person trivially but a
-small network learns the identities in a few hundred steps. Test identities appear in >= 2
-cameras, and two cameras hold >= 2 tracklets so every query has a cross-camera gallery match,
-except `num_unmatched_ids` ids seen once in each of two cameras (both tracklets are queries:
-they only match under the MARS protocol, which appends the queries to the gallery). Output is
-byte-identical for the same config and seed.
+small network learns the identities in a few hundred steps. `noise_std`, `occlusion_prob`,
+`misalign_prob` and `camera_variation` set the difficulty (the demo's is easier than the
+default). Test identities appear in >= 2 cameras, and two cameras hold >= 2 tracklets so
+every query has a cross-camera gallery match, except `num_unmatched_ids` ids seen once in
+each of two cameras (both tracklets are queries: they only match under the MARS protocol,
+which appends the queries to the gallery). Output is byte-identical for the same config and
+seed.
 
 Folders: files are written into a new folder `<out>.partial-<random>` and moved into place at
 the end; nothing deletes or replaces a file or folder this module did not create. A run
@@ -49,6 +51,8 @@ from psta_jax.runtime import cli, errors
 from psta_jax.runtime.errors import ConfigError, UserError
 
 MARKER_FILE = "SYNTHETIC.json"
+# A marker written before these fields existed recorded their default implicitly.
+_FIELDS_ADDED_LATER = {"camera_variation": 1.0}
 _MAX_PID = 1500  # Pids are drawn from 1.._MAX_PID (MARS folders hold 4-digit pids).
 
 
@@ -72,6 +76,7 @@ class SyntheticConfig:
     occlusion_prob: float = 0.1
     misalign_prob: float = 0.1
     jpeg_quality: int = 90
+    camera_variation: float = 1.0  # Scales each camera's colour cast and brightness (0: none).
 
     def validate(self) -> None:
         problems = []
@@ -89,6 +94,8 @@ class SyntheticConfig:
             problems.append(f"need num_train_ids >= 1 and num_train + num_test <= {_MAX_PID}")
         if self.height < 16 or self.width < 8:
             problems.append("frames must be at least 16 x 8")
+        if not 0.0 <= self.camera_variation <= 3.0:
+            problems.append("camera_variation must be in [0, 3] (1: the default colour casts)")
         if problems:
             raise ValueError(f"invalid SyntheticConfig {self}: " + "; ".join(problems))
 
@@ -166,11 +173,16 @@ def random_appearance(rng: np.random.Generator) -> Appearance:
     )
 
 
-def camera_styles(num_cameras: int, rng: np.random.Generator) -> list[CameraStyle]:
+def camera_styles(
+    num_cameras: int, rng: np.random.Generator, variation: float = 1.0
+) -> list[CameraStyle]:
+    """Per-camera looks; `variation` scales the colour cast (gain - 1) and the brightness
+    shift. At 1.0 the values are exactly the unscaled draws (g - 1 and back is exact in floats),
+    so datasets written before the field existed are reproduced byte for byte."""
     return [
         CameraStyle(
-            gain=rng.uniform(0.7, 1.3, size=3),
-            brightness=float(rng.uniform(-30.0, 30.0)),
+            gain=1.0 + variation * (rng.uniform(0.7, 1.3, size=3) - 1.0),
+            brightness=variation * float(rng.uniform(-30.0, 30.0)),
             background=rng.uniform(40.0, 200.0, size=3),
             gradient=rng.uniform(-40.0, 40.0, size=3),
         )
@@ -433,7 +445,9 @@ def _recorded_config(out: str) -> dict | None:
             recorded = json.load(f)["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return recorded if isinstance(recorded, dict) else None
+    if not isinstance(recorded, dict):
+        return None
+    return {**_FIELDS_ADDED_LATER, **recorded}
 
 
 def _config_difference(out: str, config: SyntheticConfig) -> str:
@@ -637,7 +651,7 @@ def replace(out: str, config: SyntheticConfig) -> dict[str, int]:
 
 def _write_dataset(out: str, config: SyntheticConfig) -> dict[str, int]:
     rng = np.random.default_rng(config.seed)
-    styles = camera_styles(config.num_cameras, rng)
+    styles = camera_styles(config.num_cameras, rng, config.camera_variation)
     pids = rng.choice(
         np.arange(1, _MAX_PID + 1), config.num_train_ids + config.num_test_ids, replace=False
     )

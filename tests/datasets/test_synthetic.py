@@ -1,6 +1,7 @@
 """Synthetic MARS: deterministic bytes, MARS raw conventions, and the MARS builder reading it."""
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -160,3 +161,34 @@ def test_config_sizes_change_the_generated_dataset(tmp_path):
     spec = config_base.dataset_spec(config)
     builder = loading.prepare(spec)
     assert datasets.reid_info(builder).num_train_ids == 3
+
+
+def test_camera_variation_scales_each_cameras_colour_cast():
+    full, mild, none = (
+        synthetic.camera_styles(4, np.random.default_rng(0), variation) for variation in (1, 0.3, 0)
+    )
+    for default, scaled, plain in zip(full, mild, none, strict=True):
+        np.testing.assert_allclose(scaled.gain - 1.0, 0.3 * (default.gain - 1.0), atol=1e-12)
+        assert scaled.brightness == pytest.approx(0.3 * default.brightness)
+        np.testing.assert_array_equal(scaled.background, default.background)
+        assert np.all(plain.gain == 1.0) and plain.brightness == 0.0
+    assert not np.allclose([style.gain for style in full], 1.0, atol=0.05)
+    for bad in (-0.1, 3.5):
+        with pytest.raises(ValueError, match=r"camera_variation must be in \[0, 3\]"):
+            synthetic.SyntheticConfig(camera_variation=bad).validate()
+
+
+def test_a_dataset_written_before_camera_variation_existed_still_matches(tmp_path):
+    out = str(tmp_path / "syn")
+    synthetic.generate(out, SMALL)
+    marker = os.path.join(out, synthetic.MARKER_FILE)
+    with open(marker) as f:
+        recorded = json.load(f)
+    del recorded["config"]["camera_variation"]  # As an older version wrote it.
+    with open(marker, "w") as f:
+        json.dump(recorded, f)
+    before = _all_files(out)
+    assert not synthetic.ensure(out, SMALL)  # Used as it is: the field's default.
+    with pytest.raises(synthetic.SyntheticConfigMismatchError, match="camera_variation 1.0 -> 0.3"):
+        synthetic.ensure(out, dataclasses.replace(SMALL, camera_variation=0.3))
+    assert _all_files(out) == before
