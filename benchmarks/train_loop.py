@@ -210,11 +210,14 @@ class StepAlone:
         for _ in range(2):
             next(iterator)
         wall, cpu = time.perf_counter(), _cpu_seconds()
-        for _ in range(num_batches):
+        batches = 0
+        # At least half a second: a fast pipeline's CPU time would otherwise read as 0 (ticks).
+        while batches < num_batches or time.perf_counter() - wall < 0.5:
             next(iterator)
+            batches += 1
         wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
         del iterator
-        clips = num_batches * self.batch_size
+        clips = batches * self.batch_size
         return clips / wall, 100 * cpu / clips
 
     def time_save(self) -> float:
