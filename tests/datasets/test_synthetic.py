@@ -173,6 +173,10 @@ def test_camera_variation_scales_each_cameras_colour_cast():
         np.testing.assert_array_equal(scaled.background, default.background)
         assert np.all(plain.gain == 1.0) and plain.brightness == 0.0
     assert not np.allclose([style.gain for style in full], 1.0, atol=0.05)
+    # At 1.0 the values are the unscaled draws bit for bit (older datasets stay byte-identical).
+    draws = np.random.default_rng(0)
+    np.testing.assert_array_equal(full[0].gain, draws.uniform(0.7, 1.3, size=3))
+    assert full[0].brightness == float(draws.uniform(-30.0, 30.0))
     for bad in (-0.1, 3.5):
         with pytest.raises(ValueError, match=r"camera_variation must be in \[0, 3\]"):
             synthetic.SyntheticConfig(camera_variation=bad).validate()
